@@ -1,0 +1,65 @@
+# chainmend: see README.md. Two commands matter: `make run` and `make test`.
+GO ?= go
+BIN := bin
+POLICIES ?= policies
+GOFLAGS_TEST ?= -count=1
+
+.PHONY: all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/policyctl ./cmd/policyctl
+	$(GO) build -o $(BIN)/gateway ./cmd/gateway
+
+# run starts the gateway on the default policies and the embedded local store.
+run: build
+	$(BIN)/gateway --policies $(POLICIES)
+
+# deps-redis installs redis-server (and redis-cli) from Debian packages when missing;
+# the Redis integration tests start their own servers on free loopback ports.
+deps-redis:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || \
+	  { echo "installing redis-server"; (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@redis-server --version
+
+# test runs everything: vet, gofmt, the policy checks, unit + integration tests under -race,
+# and a short fuzz pass of each parser.
+test: deps-redis fmt-check vet check-policies policytest
+	$(GO) test $(GOFLAGS_TEST) -race ./...
+	$(MAKE) fuzz-short
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+check-policies: build
+	$(BIN)/policyctl validate $(POLICIES)
+
+policytest: build
+	$(BIN)/policyctl test --policies $(POLICIES) policytests
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./responses/ ./engine/ ./statestore/
+
+# Each fuzz target as package:Func. `make fuzz` runs each for FUZZTIME; `make test` runs each
+# briefly (FUZZ_SHORT) so that the seed corpora in testdata/fuzz stay exercised.
+FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch engine:FuzzCompile
+FUZZTIME ?= 60s
+FUZZ_SHORT ?= 5s
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz $$fn ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg/ || exit 1; done
+
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz $$fn ($$pkg) for $(FUZZ_SHORT)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZ_SHORT) ./$$pkg/ || exit 1; done
+
+clean:
+	rm -rf $(BIN)

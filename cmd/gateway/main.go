@@ -1,0 +1,103 @@
+// Command gateway runs chainmend: the policy-driven gateway for the OpenAI Responses API.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"chainmend/gateway"
+	"chainmend/statestore"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	st, err := gateway.ParseSettings(os.Args[1:], os.Getenv, os.Stderr)
+	if err != nil {
+		return err
+	}
+	log := gateway.NewLogger(os.Stderr, st.LogLevel, st.LogFormat)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	store, err := statestore.New(
+		statestore.WithRedisURL(st.Redis),
+		statestore.WithRegisterer(reg),
+		statestore.WithLogger(log),
+		statestore.WithOpTimeout(st.StoreTimeout),
+		statestore.WithTTL(statestore.KindPending, st.PendingTTL),
+		statestore.WithTTL(statestore.KindAnchor, st.AnchorTTL),
+		statestore.WithTTL(statestore.KindReplay, st.ReplayTTL),
+		statestore.WithReplayCap(st.ReplayCapBytes),
+	)
+	if err != nil {
+		return fmt.Errorf("state store: %w", err)
+	}
+	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	reloader := gateway.NewReloader(srv)
+	if diags, err := reloader.Reload(); err != nil {
+		return err
+	} else if len(diags) > 0 {
+		log.Warn("policy lint findings", "findings", diags.Error())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			reloader.Force()
+		}
+	}()
+	go func() {
+		if err := reloader.Run(ctx); err != nil {
+			log.Error("policy watcher stopped", "err", err)
+		}
+	}()
+	ln, err := net.Listen("tcp", st.Listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	log.Info("gateway listening", "addr", ln.Addr().String(), "upstream", st.Upstream, "mode", st.Mode,
+		"store", storeKind(st.Redis), "policies", st.Policies)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	case <-ctx.Done():
+		log.Info("shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}
+	return nil
+}
+
+func storeKind(url string) string {
+	if url == "" {
+		return "local"
+	}
+	return "redis"
+}

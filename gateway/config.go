@@ -1,0 +1,120 @@
+package gateway
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"chainmend/engine"
+)
+
+// Config is the gateway's configuration. Zero values take the defaults of DefaultConfig.
+type Config struct {
+	// Listen is the address to serve on.
+	Listen string `yaml:"listen"`
+	// Upstream is the Responses API base URL (https://api.openai.com/v1 by default); the
+	// WebSocket and HTTP endpoints are derived from it.
+	Upstream string `yaml:"upstream"`
+	// Policies is the policy directory.
+	Policies string `yaml:"policies"`
+	// Redis is the Redis URL; empty runs the embedded local store.
+	Redis string `yaml:"redis"`
+	// Mode is engine.ModeRepair or engine.ModeStrict.
+	Mode string `yaml:"mode"`
+	// MaxFrameBytes bounds one client frame; a larger one closes the connection with 1009.
+	MaxFrameBytes int64 `yaml:"max_frame_bytes"`
+	// DialTimeout bounds the upstream handshake.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// FirstEventTimeout bounds the wait for the first upstream event of a turn.
+	FirstEventTimeout time.Duration `yaml:"first_event_timeout"`
+	// IdleTimeout bounds the gap between two upstream events of a turn.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// WriteTimeout bounds one write to the client; a client that stops reading is cut off.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// UpstreamMaxAge rotates an upstream connection before the upstream's 60-minute cap.
+	UpstreamMaxAge time.Duration `yaml:"upstream_max_age"`
+	// Recovery enables the on_upstream_error stage's retries.
+	Recovery bool `yaml:"recovery"`
+	// PendingTTL, AnchorTTL and ReplayTTL are the state TTLs (the chain TTL).
+	PendingTTL time.Duration `yaml:"pending_ttl"`
+	AnchorTTL  time.Duration `yaml:"anchor_ttl"`
+	ReplayTTL  time.Duration `yaml:"replay_ttl"`
+	// ReplayCapBytes caps one session's replay transcript.
+	ReplayCapBytes int `yaml:"replay_cap_bytes"`
+	// StoreTimeout is the per-operation Redis deadline.
+	StoreTimeout time.Duration `yaml:"store_timeout"`
+	// ReloadGate is a fixture directory a reloaded policy set must pass; empty: none.
+	ReloadGate string `yaml:"reload_gate"`
+	// ReloadPoll is the period of the policy directory's checksum poll.
+	ReloadPoll time.Duration `yaml:"reload_poll"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            "127.0.0.1:8787",
+		Upstream:          "https://api.openai.com/v1",
+		Policies:          "policies",
+		Mode:              DefaultMode,
+		MaxFrameBytes:     16 << 20,
+		DialTimeout:       10 * time.Second,
+		FirstEventTimeout: 90 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		WriteTimeout:      30 * time.Second,
+		UpstreamMaxAge:    55 * time.Minute,
+		Recovery:          true,
+		PendingTTL:        time.Hour,
+		AnchorTTL:         time.Hour,
+		ReplayTTL:         time.Hour,
+		ReplayCapBytes:    4 << 20,
+		StoreTimeout:      50 * time.Millisecond,
+		ReloadPoll:        5 * time.Second,
+	}
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.Mode != engine.ModeRepair && c.Mode != engine.ModeStrict {
+		return fmt.Errorf("mode must be %q or %q, not %q", engine.ModeRepair, engine.ModeStrict, c.Mode)
+	}
+	if _, _, err := Endpoints(c.Upstream); err != nil {
+		return err
+	}
+	if c.MaxFrameBytes <= 0 {
+		return fmt.Errorf("max frame bytes must be positive")
+	}
+	return nil
+}
+
+// Endpoints derives the upstream WebSocket and HTTP endpoints from a base URL: a URL that
+// ends in /responses is used as is, one that ends in /v1 gets /responses, any other gets
+// /v1/responses. ws and wss map to http and https for the HTTP endpoint, and back.
+func Endpoints(base string) (wsURL, httpURL string, err error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", "", fmt.Errorf("upstream url: %w", err)
+	}
+	if u.Host == "" {
+		return "", "", fmt.Errorf("upstream url %q has no host", base)
+	}
+	p := strings.TrimRight(u.Path, "/")
+	switch {
+	case strings.HasSuffix(p, "/responses"):
+	case strings.HasSuffix(p, "/v1"):
+		p += "/responses"
+	default:
+		p += "/v1/responses"
+	}
+	u.Path = p
+	h, w := *u, *u
+	switch u.Scheme {
+	case "http", "ws":
+		h.Scheme, w.Scheme = "http", "ws"
+	case "https", "wss":
+		h.Scheme, w.Scheme = "https", "wss"
+	default:
+		return "", "", fmt.Errorf("upstream url %q: scheme must be http, https, ws or wss", base)
+	}
+	return w.String(), h.String(), nil
+}

@@ -1,0 +1,231 @@
+// Package gateway is the Responses API proxy: it accepts WebSocket (and HTTP/SSE) clients,
+// holds one upstream connection per client connection, and puts every turn through the
+// policy engine with state from the statestore. It holds no normalization logic of its own:
+// the policies decide, the gateway builds the turn context, applies the verdict and keeps
+// the books.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"chainmend/engine"
+	"chainmend/statestore"
+)
+
+// Server is the gateway. Create it with New, serve Handler, and Close it.
+type Server struct {
+	cfg     Config
+	wsURL   string
+	httpURL string
+	store   statestore.Store
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *metrics
+	engine  *engine.Metrics
+	snap    atomic.Pointer[engine.Snapshot]
+	client  *http.Client
+
+	mu       sync.Mutex
+	sessions map[*session]struct{}
+	closed   bool
+	connSeq  atomic.Uint64
+	instance string
+}
+
+// Option configures a Server.
+type Option func(*Server)
+
+// WithStore sets the state store (default: a local-only statestore).
+func WithStore(s statestore.Store) Option { return func(srv *Server) { srv.store = s } }
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option { return func(srv *Server) { srv.log = l } }
+
+// WithRegistry sets the Prometheus registry the gateway's metrics are registered on and
+// /metrics serves.
+func WithRegistry(r *prometheus.Registry) Option { return func(srv *Server) { srv.reg = r } }
+
+// WithHTTPClient sets the client of the HTTP/SSE path and of WebSocket dials.
+func WithHTTPClient(c *http.Client) Option { return func(srv *Server) { srv.client = c } }
+
+// New builds a gateway. It does not load policies: call LoadPolicies (or SetSnapshot) before
+// serving; /readyz answers 503 until a policy set is active.
+func New(cfg Config, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}}
+	for _, o := range opts {
+		o(s)
+	}
+	var err error
+	if s.wsURL, s.httpURL, err = Endpoints(cfg.Upstream); err != nil {
+		return nil, err
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+	}
+	if s.client == nil {
+		s.client = &http.Client{Transport: &http.Transport{
+			Proxy:               nil,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+			ForceAttemptHTTP2:   true,
+		}}
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	s.instance = hex.EncodeToString(b[:])
+	s.metrics = newMetrics(s.reg)
+	s.engine = engine.NewMetrics(s.reg)
+	if s.store == nil {
+		st, err := statestore.New(
+			statestore.WithRegisterer(s.reg),
+			statestore.WithLogger(s.log),
+			statestore.WithTTL(statestore.KindPending, cfg.PendingTTL),
+			statestore.WithTTL(statestore.KindAnchor, cfg.AnchorTTL),
+			statestore.WithTTL(statestore.KindReplay, cfg.ReplayTTL),
+			statestore.WithReplayCap(cfg.ReplayCapBytes),
+		)
+		if err != nil {
+			return nil, fmt.Errorf("state store: %w", err)
+		}
+		s.store = st
+	}
+	return s, nil
+}
+
+// Registry returns the registry /metrics serves, for wiring other components' metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// EngineObserver returns the engine metrics, to compile snapshots with.
+func (s *Server) EngineObserver() engine.Observer { return s.engine }
+
+// LoadPolicies compiles the policy directory and activates it when it compiles.
+func (s *Server) LoadPolicies() (engine.Diagnostics, error) {
+	snap, diags, err := engine.LoadDir(s.cfg.Policies, engine.WithObserver(s.engine))
+	if err != nil {
+		return nil, err
+	}
+	if snap == nil {
+		return diags, fmt.Errorf("policy set does not compile:\n%w", diags)
+	}
+	s.SetSnapshot(snap)
+	return diags, nil
+}
+
+// SetSnapshot activates a compiled policy set. Turns in flight keep the snapshot they
+// started with.
+func (s *Server) SetSnapshot(snap *engine.Snapshot) {
+	s.snap.Store(snap)
+	s.metrics.activeSet.Reset()
+	s.metrics.activeSet.WithLabelValues(snap.Hash).Set(1)
+}
+
+// Snapshot returns the active policy set, or nil before the first load.
+func (s *Server) Snapshot() *engine.Snapshot { return s.snap.Load() }
+
+// Handler returns the gateway's HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/responses", s.serveResponses)
+	mux.HandleFunc("/responses", s.serveResponses)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.snap.Load() == nil {
+			http.Error(w, "no policy set loaded", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	return mux
+}
+
+func (s *Server) serveResponses(w http.ResponseWriter, r *http.Request) {
+	if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		s.serveWebSocket(w, r)
+		return
+	}
+	if r.Method == http.MethodPost {
+		s.serveHTTP(w, r)
+		return
+	}
+	w.Header().Set("Allow", "GET (WebSocket), POST")
+	http.Error(w, "use a WebSocket upgrade or POST", http.StatusMethodNotAllowed)
+}
+
+// Close closes every client session and the store.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.shutdown()
+	}
+	return s.store.Close()
+}
+
+func (s *Server) track(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.sessions[ss] = struct{}{}
+	s.metrics.clients.Inc()
+	return true
+}
+
+func (s *Server) untrack(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+	s.metrics.clients.Dec()
+}
+
+// forwardHeaders copies the client's headers for the upstream: Authorization and every
+// identity header go through; hop-by-hop and handshake headers do not.
+func forwardHeaders(in http.Header) http.Header {
+	out := make(http.Header, len(in))
+	for k, v := range in {
+		switch http.CanonicalHeaderKey(k) {
+		case "Connection", "Upgrade", "Host", "Content-Length", "Transfer-Encoding",
+			"Keep-Alive", "Proxy-Authorization", "Proxy-Connection", "Te", "Trailer",
+			"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions",
+			"Sec-Websocket-Protocol", "Accept-Encoding":
+			continue
+		}
+		out[k] = append([]string(nil), v...)
+	}
+	return out
+}
+
+// errClientGone ends a session whose client went away.
+var errClientGone = errors.New("client gone")
+
+// detach returns a context that keeps the values of ctx but not its cancellation, for
+// bookkeeping that must finish after the client left.
+func detach(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }

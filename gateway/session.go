@@ -1,0 +1,428 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"chainmend/engine"
+	"chainmend/responses"
+)
+
+// clientFrame is one frame read from the client.
+type clientFrame struct {
+	typ  websocket.MessageType
+	data []byte
+}
+
+// session is one client WebSocket connection: its upstream connection, its memory, and
+// its turn loop. Turns run one at a time; a create that arrives meanwhile waits.
+type session struct {
+	srv    *Server
+	client *websocket.Conn
+	hdr    http.Header
+	connID string
+	mem    memory
+	up     *upstreamConn
+	ctx    context.Context
+	cancel context.CancelFunc
+	in     chan clientFrame
+	rdErr  error
+}
+
+func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		return
+	}
+	c.SetReadLimit(s.cfg.MaxFrameBytes)
+	ctx, cancel := context.WithCancel(context.Background())
+	ss := &session{
+		srv:    s,
+		client: c,
+		hdr:    forwardHeaders(r.Header),
+		connID: s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36),
+		ctx:    ctx,
+		cancel: cancel,
+		in:     make(chan clientFrame, 8),
+	}
+	if !s.track(ss) {
+		_ = c.Close(websocket.StatusGoingAway, "shutting down")
+		cancel()
+		return
+	}
+	defer s.untrack(ss)
+	ss.run()
+}
+
+func (ss *session) shutdown() {
+	_ = ss.client.Close(websocket.StatusGoingAway, "gateway shutting down")
+	ss.cancel()
+}
+
+func (ss *session) run() {
+	defer func() {
+		ss.cancel()
+		if ss.up != nil {
+			ss.up.close()
+			ss.srv.metrics.upstream.WithLabelValues("closed").Inc()
+		}
+		_ = ss.client.CloseNow()
+	}()
+	go ss.readLoop()
+	for f := range ss.in {
+		if f.typ != websocket.MessageText {
+			ss.refuse("unsupported_frame", "binary frames are not supported; send response.create as a JSON text frame")
+			continue
+		}
+		ss.dispatch(f.data)
+	}
+	var ce websocket.CloseError
+	if errors.As(ss.rdErr, &ce) || errors.Is(ss.rdErr, context.Canceled) {
+		return
+	}
+	if ss.rdErr != nil && strings.Contains(ss.rdErr.Error(), "read limited") {
+		ss.srv.metrics.badFrames.WithLabelValues("frame_too_large").Inc()
+		_ = ss.client.Close(websocket.StatusMessageTooBig, fmt.Sprintf("frame over %d bytes", ss.srv.cfg.MaxFrameBytes))
+	}
+}
+
+func (ss *session) readLoop() {
+	defer close(ss.in)
+	for {
+		typ, data, err := ss.client.Read(ss.ctx)
+		if err != nil {
+			ss.rdErr = err
+			return
+		}
+		select {
+		case ss.in <- clientFrame{typ, data}:
+		case <-ss.ctx.Done():
+			return
+		}
+	}
+}
+
+// refuse answers a bad frame with an error frame; the connection stays open.
+func (ss *session) refuse(code, msg string) {
+	ss.srv.metrics.badFrames.WithLabelValues(code).Inc()
+	ss.writeError(responses.ErrorBody{Status: 400, Type: "invalid_request_error", Code: code, Message: msg})
+}
+
+func (ss *session) writeError(e responses.ErrorBody) {
+	_ = ss.write(responses.ErrorFrame(e))
+}
+
+func (ss *session) write(frame []byte) error {
+	ctx, cancel := context.WithTimeout(ss.ctx, ss.srv.cfg.WriteTimeout)
+	defer cancel()
+	if err := ss.client.Write(ctx, websocket.MessageText, frame); err != nil {
+		return fmt.Errorf("%w: %w", errClientGone, err)
+	}
+	ss.srv.metrics.frames.WithLabelValues("to_client").Inc()
+	return nil
+}
+
+func (ss *session) dispatch(frame []byte) {
+	req, err := responses.Parse(frame)
+	if err != nil {
+		if errors.Is(err, responses.ErrNotObject) {
+			ss.refuse("invalid_frame", "a frame must be a JSON object with a type")
+			return
+		}
+		ss.refuse("invalid_json", "malformed JSON frame: "+err.Error())
+		return
+	}
+	switch typ := req.Type(); typ {
+	case "response.create":
+		ss.turn(req)
+	case "response.processed":
+		// An acknowledgement: no reply; the upstream connection that produced the
+		// response gets it when it is still open.
+		if ss.up != nil && ss.up.alive(ss.srv.cfg.UpstreamMaxAge) {
+			if ss.up.send(ss.ctx, frame, ss.srv.cfg.WriteTimeout) == nil {
+				ss.srv.metrics.frames.WithLabelValues("to_upstream").Inc()
+			}
+		}
+	case "response.append":
+		ss.refuse("unsupported_frame_type", "response.append is not supported by this gateway; send response.create with previous_response_id and the new input items")
+	case "":
+		ss.refuse("missing_type", "the frame has no type; expected response.create")
+	default:
+		ss.refuse("unknown_frame_type", fmt.Sprintf("unknown frame type %q; expected response.create", typ))
+	}
+}
+
+// upstream returns an open upstream connection, replacing a closed or old one.
+func (ss *session) upstream() (*upstreamConn, error) {
+	cfg := &ss.srv.cfg
+	if ss.up != nil && ss.up.alive(cfg.UpstreamMaxAge) {
+		return ss.up, nil
+	}
+	if ss.up != nil {
+		if time.Since(ss.up.born) >= cfg.UpstreamMaxAge {
+			ss.srv.metrics.upstream.WithLabelValues("rotated").Inc()
+		} else {
+			ss.srv.metrics.upstream.WithLabelValues("lost").Inc()
+		}
+		ss.up.close()
+		ss.up = nil
+	}
+	up, err := dialUpstream(ss.ctx, ss.srv.wsURL, ss.hdr, ss.srv.client, cfg.DialTimeout)
+	if err != nil {
+		ss.srv.metrics.upstream.WithLabelValues("dial_failed").Inc()
+		return nil, err
+	}
+	ss.srv.metrics.upstream.WithLabelValues("dialed").Inc()
+	ss.up = up
+	return up, nil
+}
+
+func (ss *session) dropUpstream() {
+	if ss.up != nil {
+		ss.up.close()
+		ss.up = nil
+	}
+}
+
+// cached is the response the current upstream connection can chain to, "" when the next
+// send will go on a fresh connection.
+func (ss *session) cached() string {
+	if ss.up == nil || !ss.up.alive(ss.srv.cfg.UpstreamMaxAge) {
+		return ""
+	}
+	return ss.up.cached
+}
+
+// relayResult is how an upstream exchange ended.
+type relayResult struct {
+	terminal      *responses.Event
+	items         []responses.Item
+	errFrame      []byte
+	errBody       *responses.ErrorBody
+	transport     error
+	timeout       bool
+	clientGone    bool
+	clientWritten bool
+}
+
+// relay sends a payload and relays the upstream's events to the client as they arrive,
+// until the terminal event, an error frame, or a failure.
+func (ss *session) relay(up *upstreamConn, payload []byte) relayResult {
+	cfg := &ss.srv.cfg
+	var res relayResult
+	if err := up.send(ss.ctx, payload, cfg.WriteTimeout); err != nil {
+		res.transport = err
+		return res
+	}
+	ss.srv.metrics.frames.WithLabelValues("to_upstream").Inc()
+	timer := time.NewTimer(cfg.FirstEventTimeout)
+	defer timer.Stop()
+	for {
+		var f []byte
+		select {
+		case <-ss.ctx.Done():
+			res.clientGone = true
+			return res
+		case <-timer.C:
+			res.timeout = true
+			return res
+		case f = <-up.frames:
+		case <-up.done:
+			// Frames read before the close are still queued: relay them first.
+			select {
+			case f = <-up.frames:
+			default:
+				res.transport = up.failure()
+				return res
+			}
+		}
+		kind := responses.EventKind(f)
+		if kind == responses.EventError {
+			ev, _ := responses.ParseEvent(f)
+			eb := responses.ErrorBody{Status: 500, Type: "server_error", Message: "upstream error"}
+			if ev.Error != nil {
+				eb = *ev.Error
+			}
+			res.errFrame, res.errBody = f, &eb
+			return res
+		}
+		var ev responses.Event
+		if kind == responses.EventOutputItemDone || responses.IsTerminal(kind) {
+			ev, _ = responses.ParseEvent(f)
+			if ev.Item != nil {
+				res.items = append(res.items, *ev.Item)
+			}
+		}
+		if err := ss.write(f); err != nil {
+			res.clientGone = true
+			return res
+		}
+		res.clientWritten = true
+		if responses.IsTerminal(kind) {
+			if kind == responses.EventCompleted || ev.Status == "completed" {
+				up.cached = ev.ResponseID
+			}
+			res.terminal = &ev
+			return res
+		}
+		timer.Reset(cfg.IdleTimeout)
+	}
+}
+
+// turn runs one response.create through pre_send, the upstream, recovery and bookkeeping.
+func (ss *session) turn(req *responses.Request) {
+	srv := ss.srv
+	if srv.snap.Load() == nil {
+		ss.writeError(responses.ErrorBody{Status: 503, Type: "server_error", Code: "policies_not_loaded", Message: "the gateway has no active policy set yet"})
+		return
+	}
+	tc := srv.buildTurn(ss.ctx, req, engine.TransportWebSocket, ss.hdr, ss.connID, &ss.mem, ss.cached())
+	ss.mem.turns++
+	outcome := ss.runTurn(tc)
+	srv.metrics.turns.WithLabelValues(engine.TransportWebSocket, outcome).Inc()
+	elapsed := time.Since(tc.start)
+	srv.metrics.turnSeconds.WithLabelValues(engine.TransportWebSocket).Observe(elapsed.Seconds())
+	srv.log.Info("turn", "transport", "websocket", "session", tc.scope.Session, "turn", tc.t.Number,
+		"reasons", strings.Join(tc.reasons, ","), "outcome", outcome, "ms", float64(elapsed.Microseconds())/1000, "set", tc.snap.Hash)
+}
+
+func (ss *session) runTurn(tc *turnCtx) string {
+	srv := ss.srv
+	out := tc.snap.Evaluate(engine.StagePreSend, tc.t)
+	tc.note(out)
+	srv.logFired(out, tc.scope.Session)
+	if out.ClearAnchor {
+		ss.mem.anchorKnown, ss.mem.anchor = true, ""
+	}
+	if out.Verdict == engine.VerdictReject {
+		if out.ClearAnchor {
+			srv.clearAnchor(ss.ctx, tc, &ss.mem)
+		}
+		ss.writeError(rejection(out.Reject))
+		return "rejected"
+	}
+	sent := tc.t.Request
+	attempted := false
+	for {
+		var res relayResult
+		up, err := ss.upstream()
+		if err != nil {
+			res.transport = err
+		} else {
+			res = ss.relay(up, sent.Bytes())
+		}
+		switch {
+		case res.clientGone:
+			ss.dropUpstream()
+			return "client_gone"
+		case res.terminal != nil:
+			srv.bookkeep(ss.ctx, tc, sent, *res.terminal, res.items, &ss.mem)
+			if attempted {
+				srv.metrics.recoveries.WithLabelValues(lastReason(tc.reasons), "succeeded").Inc()
+			}
+			if res.terminal.Type == responses.EventCompleted {
+				return "completed"
+			}
+			return "failed"
+		case res.timeout:
+			ss.dropUpstream()
+			srv.clearAnchor(ss.ctx, tc, &ss.mem)
+			ss.writeError(responses.ErrorBody{Status: 504, Type: "server_error", Code: "upstream_timeout", Message: "the upstream did not answer in time"})
+			return "upstream_timeout"
+		}
+		// An error frame or a transport failure.
+		if res.transport != nil {
+			ss.dropUpstream()
+		}
+		if res.clientWritten {
+			if res.errFrame != nil {
+				_ = ss.write(withStatus(res.errFrame, res.errBody.Status))
+			} else {
+				ss.writeError(responses.ErrorBody{Status: 502, Type: "server_error", Code: "upstream_connection_lost", Message: "the upstream connection closed mid-response"})
+			}
+			srv.clearAnchor(ss.ctx, tc, &ss.mem)
+			return "upstream_error"
+		}
+		ue := &engine.UpstreamError{Status: 502, Type: "server_error", Code: "upstream_connection_lost", Transport: true}
+		if res.errBody != nil {
+			ue = upstreamErrorOf(*res.errBody)
+		} else if res.transport != nil {
+			ue.Message = res.transport.Error()
+		}
+		rt := tc.recoveryTurn(sent, ue, attempted)
+		rout := tc.snap.Evaluate(engine.StageOnUpstreamError, rt)
+		tc.note(rout)
+		srv.logFired(rout, tc.scope.Session)
+		reason := lastReason(reasonsOf(rout))
+		if rout.ClearAnchor {
+			srv.clearAnchor(ss.ctx, tc, &ss.mem)
+		}
+		switch rout.Verdict {
+		case engine.VerdictRetry:
+			srv.metrics.recoveries.WithLabelValues(reason, "retried").Inc()
+			attempted = true
+			// Every retry goes out on a fresh upstream connection.
+			ss.dropUpstream()
+			sent = rt.Request
+			tc.t = rt
+			continue
+		case engine.VerdictReject:
+			ss.writeError(rejection(rout.Reject))
+			return "rejected"
+		}
+		if attempted {
+			srv.metrics.recoveries.WithLabelValues(reason, "failed").Inc()
+		} else {
+			srv.metrics.recoveries.WithLabelValues(reason, "forwarded").Inc()
+		}
+		if res.errFrame != nil {
+			_ = ss.write(withStatus(res.errFrame, res.errBody.Status))
+		} else {
+			ss.writeError(responses.ErrorBody{Status: ue.Status, Type: ue.Type, Code: ue.Code, Message: "the upstream connection failed: " + ue.Message})
+		}
+		return "error_forwarded"
+	}
+}
+
+// withStatus makes sure a forwarded error frame carries a top-level status, which Codex
+// needs to treat it as an error; a frame that has one goes out byte for byte.
+func withStatus(frame []byte, status int) []byte {
+	ev, err := responses.ParseEvent(frame)
+	if err == nil && ev.Error != nil && hasTopLevelStatus(frame) {
+		return frame
+	}
+	eb := responses.ErrorBody{Status: status}
+	if ev.Error != nil {
+		eb = *ev.Error
+	}
+	if eb.Status == 0 {
+		eb.Status = 500
+	}
+	return responses.ErrorFrame(eb)
+}
+
+func hasTopLevelStatus(frame []byte) bool {
+	r, err := responses.Parse(frame)
+	if err != nil {
+		return false
+	}
+	_, ok := r.Field("status")
+	return ok
+}
+
+func reasonsOf(out *engine.Outcome) []string { return out.Reasons() }
+
+// lastReason is the reason of the decisive rule: the last one that fired.
+func lastReason(reasons []string) string {
+	if len(reasons) == 0 {
+		return "none"
+	}
+	return reasons[len(reasons)-1]
+}

@@ -1,0 +1,262 @@
+package policytest
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"chainmend/engine"
+)
+
+// Result is the result of one case.
+type Result struct {
+	File     string        `json:"file"`
+	Case     string        `json:"case"`
+	Line     int           `json:"line"`
+	Passed   bool          `json:"passed"`
+	Failures []string      `json:"failures,omitempty"`
+	Fired    []string      `json:"fired"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+// Name is file/case.
+func (r Result) Name() string { return r.File + "/" + r.Case }
+
+// Report is the result of a run.
+type Report struct {
+	Results []Result `json:"results"`
+	Passed  int      `json:"passed"`
+	Failed  int      `json:"failed"`
+	// Unfired lists rules that no case fired.
+	Unfired []string `json:"unfired"`
+}
+
+// Run evaluates every case whose file/case name matches filter (nil: all). A fixture that
+// names an unknown rule is an error, not a failure: the fixture itself is wrong.
+func Run(snap *engine.Snapshot, files []*File, filter *regexp.Regexp) (*Report, error) {
+	rep := &Report{}
+	fired := map[string]bool{}
+	for _, f := range files {
+		for i := range f.Cases {
+			c := &f.Cases[i]
+			if err := checkRuleIDs(snap, f, c); err != nil {
+				return nil, err
+			}
+			name := f.Name + "/" + c.Name
+			if filter != nil && !filter.MatchString(name) {
+				continue
+			}
+			res, err := runCase(snap, f, c)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: case %q: %w", f.path, c.line, c.Name, err)
+			}
+			for _, id := range res.Fired {
+				fired[id] = true
+			}
+			rep.Results = append(rep.Results, res)
+			if res.Passed {
+				rep.Passed++
+			} else {
+				rep.Failed++
+			}
+		}
+	}
+	for _, r := range snap.Rules() {
+		if !fired[r.ID] {
+			rep.Unfired = append(rep.Unfired, r.ID)
+		}
+	}
+	return rep, nil
+}
+
+func checkRuleIDs(snap *engine.Snapshot, f *File, c *Case) error {
+	var ids []string
+	if c.Expect.Fired != nil {
+		ids = append(ids, *c.Expect.Fired...)
+	}
+	ids = append(ids, c.Expect.NotFired...)
+	ids = append(ids, f.Defaults.Ignore...)
+	for _, id := range ids {
+		if !snap.HasRule(id) {
+			return fmt.Errorf("%s:%d: case %q names unknown rule %q", f.path, c.line, c.Name, id)
+		}
+	}
+	if c.Expect.Reasons != nil {
+		known := snap.Reasons()
+		for _, r := range *c.Expect.Reasons {
+			if !slices.Contains(known, r) {
+				return fmt.Errorf("%s:%d: case %q names unknown reason %q", f.path, c.line, c.Name, r)
+			}
+		}
+	}
+	switch v := c.Expect.Verdict; v {
+	case "", string(engine.VerdictSend), string(engine.VerdictReject), string(engine.VerdictRetry), string(engine.VerdictForward):
+	default:
+		return fmt.Errorf("%s:%d: case %q: unknown verdict %q", f.path, c.line, c.Name, v)
+	}
+	return nil
+}
+
+func runCase(snap *engine.Snapshot, f *File, c *Case) (Result, error) {
+	res := Result{File: f.Name, Case: c.Name, Line: c.line}
+	t, err := BuildTurn(f, c)
+	if err != nil {
+		return res, err
+	}
+	stage := firstNonEmpty(c.Stage, f.Defaults.Stage, engine.StagePreSend)
+	original := append([]byte(nil), t.Request.Bytes()...)
+	start := time.Now()
+	out := snap.Evaluate(stage, t)
+	res.Duration = time.Since(start)
+	for _, fr := range out.Fired {
+		res.Fired = append(res.Fired, fr.Rule)
+	}
+	fail := func(format string, args ...any) { res.Failures = append(res.Failures, fmt.Sprintf(format, args...)) }
+	if out.Err != nil {
+		fail("evaluation error: %v", out.Err)
+	}
+	e := &c.Expect
+	if e.Verdict != "" && string(out.Verdict) != e.Verdict {
+		fail("verdict: want %s, got %s", e.Verdict, out.Verdict)
+	}
+	shown := slices.DeleteFunc(slices.Clone(res.Fired), func(id string) bool { return slices.Contains(f.Defaults.Ignore, id) })
+	if e.Fired != nil && !slices.Equal(shown, *e.Fired) {
+		fail("fired rules:\n\t\twant %s\n\t\tgot  %s", list(*e.Fired), list(shown))
+	}
+	if e.Reasons != nil {
+		var reasons []string
+		for _, fr := range out.Fired {
+			if !slices.Contains(f.Defaults.Ignore, fr.Rule) {
+				reasons = append(reasons, fr.Reason)
+			}
+		}
+		if !slices.Equal(reasons, *e.Reasons) {
+			fail("reasons:\n\t\twant %s\n\t\tgot  %s", list(*e.Reasons), list(reasons))
+		}
+	}
+	for _, id := range e.NotFired {
+		if slices.Contains(res.Fired, id) {
+			fail("rule %s fired but must not", id)
+		}
+	}
+	if e.Reject != nil {
+		switch r := out.Reject; {
+		case r == nil:
+			fail("reject: want code %q, got no rejection", e.Reject.Code)
+		default:
+			if e.Reject.Code != "" && r.Code != e.Reject.Code {
+				fail("reject code: want %q, got %q", e.Reject.Code, r.Code)
+			}
+			if e.Reject.Status != 0 && r.Status != e.Reject.Status {
+				fail("reject status: want %d, got %d", e.Reject.Status, r.Status)
+			}
+			if e.Reject.MessageContains != "" && !strings.Contains(r.Message, e.Reject.MessageContains) {
+				fail("reject message: want it to contain %q, got %q", e.Reject.MessageContains, r.Message)
+			}
+		}
+	}
+	if e.ClearAnchor != nil && out.ClearAnchor != *e.ClearAnchor {
+		fail("clear_anchor: want %v, got %v", *e.ClearAnchor, out.ClearAnchor)
+	}
+	if e.Class != "" {
+		got := ""
+		if t.Error != nil {
+			got = t.Error.Class
+		}
+		if got != e.Class {
+			fail("class: want %q, got %q", e.Class, got)
+		}
+	}
+	final := t.Request.Bytes()
+	var actual any
+	if err := json.Unmarshal(final, &actual); err != nil {
+		fail("resulting request is not valid JSON: %v", err)
+	}
+	if e.Unchanged && string(final) != string(original) {
+		fail("request changed but must not:\n\t\twant %s\n\t\tgot  %s", original, final)
+	}
+	if e.Request.Kind != 0 {
+		want, err := nodeJSON(&e.Request)
+		if err != nil {
+			return res, fmt.Errorf("expect.request: %w", err)
+		}
+		var wantV any
+		_ = json.Unmarshal(want, &wantV)
+		for _, d := range subsetDiff("request", wantV, actual) {
+			fail("%s", d)
+		}
+	}
+	if m, ok := actual.(map[string]any); ok {
+		for _, k := range e.Absent {
+			if _, present := m[k]; present {
+				fail("request.%s: want absent, got %s", k, compact(m[k]))
+			}
+		}
+	}
+	res.Passed = len(res.Failures) == 0
+	return res, nil
+}
+
+// subsetDiff reports where actual does not contain want: objects match when every wanted key
+// matches, arrays when they have the same length and every element matches.
+func subsetDiff(path string, want, actual any) []string {
+	switch w := want.(type) {
+	case map[string]any:
+		a, ok := actual.(map[string]any)
+		if !ok {
+			return []string{fmt.Sprintf("%s: want an object, got %s", path, compact(actual))}
+		}
+		keys := make([]string, 0, len(w))
+		for k := range w {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var out []string
+		for _, k := range keys {
+			av, ok := a[k]
+			if !ok {
+				out = append(out, fmt.Sprintf("%s.%s: want %s, got nothing", path, k, compact(w[k])))
+				continue
+			}
+			out = append(out, subsetDiff(path+"."+k, w[k], av)...)
+		}
+		return out
+	case []any:
+		a, ok := actual.([]any)
+		if !ok {
+			return []string{fmt.Sprintf("%s: want an array, got %s", path, compact(actual))}
+		}
+		if len(a) != len(w) {
+			return []string{fmt.Sprintf("%s: want %d items, got %d:\n\t\twant %s\n\t\tgot  %s", path, len(w), len(a), compact(w), compact(a))}
+		}
+		var out []string
+		for i := range w {
+			out = append(out, subsetDiff(fmt.Sprintf("%s[%d]", path, i), w[i], a[i])...)
+		}
+		return out
+	default:
+		if compact(want) != compact(actual) {
+			return []string{fmt.Sprintf("%s: want %s, got %s", path, compact(want), compact(actual))}
+		}
+	}
+	return nil
+}
+
+func compact(v any) string {
+	b, _ := json.Marshal(v)
+	if len(b) > 300 {
+		return string(b[:300]) + "…"
+	}
+	return string(b)
+}
+
+func list(s []string) string {
+	if len(s) == 0 {
+		return "[]"
+	}
+	return "[" + strings.Join(s, ", ") + "]"
+}

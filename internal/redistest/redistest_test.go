@@ -1,0 +1,46 @@
+package redistest
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestServerKillRestart(t *testing.T) {
+	s := Start(t)
+	c := s.Client()
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("set: %v", err)
+	}
+	s.Kill()
+	if err := ping(s.Addr); err == nil {
+		t.Fatal("server still answers after Kill")
+	}
+	s.Restart()
+	// Nothing is persisted: the restarted server is empty.
+	if n, err := c.Exists(ctx, "k").Result(); err != nil || n != 0 {
+		t.Fatalf("after restart: exists=%d err=%v, want 0, nil", n, err)
+	}
+}
+
+func TestCluster(t *testing.T) {
+	c := StartCluster(t, 3)
+	cc := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Keys spread over every master must be writable through the client.
+	for _, k := range []string{"a", "b", "c", "d", "e", "f", "{x}1", "{x}2"} {
+		if err := cc.Set(ctx, k, "v", 0).Err(); err != nil {
+			t.Fatalf("set %s: %v", k, err)
+		}
+	}
+	if got := c.URL(); got == "" {
+		t.Fatal("empty URL")
+	}
+	c.Kill()
+	c.Restart()
+	if err := cc.Set(ctx, "a", "v2", 0).Err(); err != nil {
+		t.Fatalf("set after restart: %v", err)
+	}
+}

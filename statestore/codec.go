@@ -1,0 +1,281 @@
+package statestore
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"strings"
+)
+
+// lkey identifies an entry of the local tier. It is a struct of the request's
+// own strings rather than the Redis key so that a local hit builds no string
+// and allocates nothing.
+type lkey struct {
+	kind   Kind
+	tenant string
+	id     string // response id for KindPending, session for the others
+}
+
+// Redis keys. The part in braces is the Cluster hash tag: all keys of one
+// session (anchor, replay list, replay meta) share a slot, so a turn's session
+// writes and the replay script stay on one node; a response's pending key has
+// its own tag. Every suffix ends differently, so no id can make two keys of
+// different kinds or sessions collide.
+const (
+	keyPrefix        = "cm:{t:"
+	suffixPending    = "}:pending"
+	suffixAnchor     = "}:anchor"
+	suffixReplay     = "}:replay"
+	suffixReplayMeta = "}:replaymeta"
+)
+
+func pendingKey(tenant, responseID string) string {
+	return keyPrefix + tenant + ":r:" + responseID + suffixPending
+}
+
+func sessionKey(tenant, session, suffix string) string {
+	return keyPrefix + tenant + ":s:" + session + suffix
+}
+
+// redisKey returns the main Redis key of a local entry.
+func (k lkey) redisKey() string {
+	switch k.kind {
+	case KindPending:
+		return pendingKey(k.tenant, k.id)
+	case KindAnchor:
+		return sessionKey(k.tenant, k.id, suffixAnchor)
+	default:
+		return sessionKey(k.tenant, k.id, suffixReplay)
+	}
+}
+
+// Values are compact binary: a version byte, the value's expiry (unix
+// milliseconds, uvarint), then the payload. The expiry lets another instance
+// keep a backfilled copy no longer than Redis keeps the key, without asking
+// for the TTL in a second command.
+//
+// Pending payload: per call a kind code and the length-prefixed call id. An
+// empty list is a valid payload, which keeps "known: nothing pending"
+// distinct from a missing key. Anchor payload: the response id.
+const valueVersion = '1'
+
+var errCorrupt = errors.New("statestore: corrupt value")
+
+func kindCode(kind string) byte {
+	switch kind {
+	case "function_call":
+		return 'f'
+	case "custom_tool_call":
+		return 'c'
+	case "local_shell_call":
+		return 'l'
+	default:
+		return 'x'
+	}
+}
+
+func kindOfCode(c byte) string {
+	switch c {
+	case 'f':
+		return "function_call"
+	case 'c':
+		return "custom_tool_call"
+	case 'l':
+		return "local_shell_call"
+	default:
+		return ""
+	}
+}
+
+func appendHeader(b []byte, expiresMs int64) []byte {
+	b = append(b, valueVersion)
+	return binary.AppendUvarint(b, uint64(max(expiresMs, 0)))
+}
+
+func readHeader(s string) (expiresMs int64, rest string, err error) {
+	if len(s) == 0 || s[0] != valueVersion {
+		return 0, s, errCorrupt
+	}
+	v, w := binary.Uvarint([]byte(s[1:min(len(s), 1+binary.MaxVarintLen64)]))
+	if w <= 0 || v > math.MaxInt64 {
+		return 0, s, errCorrupt
+	}
+	return int64(v), s[1+w:], nil
+}
+
+func encodePending(calls []Call, expiresMs int64) []byte {
+	n := 1 + binary.MaxVarintLen64
+	for _, c := range calls {
+		n += 1 + binary.MaxVarintLen32 + len(c.ID)
+		if kindCode(c.Kind) == 'x' {
+			n += binary.MaxVarintLen32 + len(c.Kind)
+		}
+	}
+	b := appendHeader(make([]byte, 0, n), expiresMs)
+	for _, c := range calls {
+		code := kindCode(c.Kind)
+		b = append(b, code)
+		if code == 'x' {
+			b = binary.AppendUvarint(b, uint64(len(c.Kind)))
+			b = append(b, c.Kind...)
+		}
+		b = binary.AppendUvarint(b, uint64(len(c.ID)))
+		b = append(b, c.ID...)
+	}
+	return b
+}
+
+func decodePending(s string) (calls []Call, expiresMs int64, err error) {
+	expiresMs, s, err = readHeader(s)
+	if err != nil {
+		return nil, 0, err
+	}
+	calls = make([]Call, 0, 4)
+	for len(s) > 0 {
+		code := s[0]
+		s = s[1:]
+		var kind string
+		if code == 'x' {
+			var ok bool
+			if kind, s, ok = readString(s); !ok {
+				return nil, 0, errCorrupt
+			}
+		} else if kind = kindOfCode(code); kind == "" {
+			return nil, 0, errCorrupt
+		}
+		id, rest, ok := readString(s)
+		if !ok {
+			return nil, 0, errCorrupt
+		}
+		s = rest
+		calls = append(calls, Call{ID: id, Kind: kind})
+	}
+	return calls, expiresMs, nil
+}
+
+func encodeAnchor(id string, expiresMs int64) []byte {
+	return append(appendHeader(make([]byte, 0, 1+binary.MaxVarintLen64+len(id)), expiresMs), id...)
+}
+
+func decodeAnchor(s string) (id string, expiresMs int64, err error) {
+	expiresMs, id, err = readHeader(s)
+	return id, expiresMs, err
+}
+
+// readString reads a uvarint length and that many bytes.
+func readString(s string) (v, rest string, ok bool) {
+	n, w := binary.Uvarint([]byte(s[:min(len(s), binary.MaxVarintLen64)]))
+	if w <= 0 || n > uint64(len(s)-w) {
+		return "", s, false
+	}
+	return s[w : w+int(n)], s[w+int(n):], true
+}
+
+// Replay list elements: a class byte the trim script understands, the item
+// type, NUL, the call id, NUL, then the raw JSON untouched. The class lets the
+// Lua script find unit boundaries without parsing JSON.
+const (
+	classCall      = 'c'
+	classOutput    = 'o'
+	classReasoning = 'r'
+	classOther     = 'i'
+)
+
+func classOf(itemType string) byte {
+	switch itemType {
+	case "function_call", "custom_tool_call", "local_shell_call":
+		return classCall
+	case "function_call_output", "custom_tool_call_output", "local_shell_call_output":
+		return classOutput
+	case "reasoning":
+		return classReasoning
+	default:
+		return classOther
+	}
+}
+
+// noNUL keeps the element header parseable; a NUL in a type or call id can
+// only come from a hostile client and is replaced.
+func noNUL(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
+}
+
+func encodeReplayItem(it ReplayItem) string {
+	t, id := noNUL(it.Type), noNUL(it.CallID)
+	var b strings.Builder
+	b.Grow(3 + len(t) + len(id) + len(it.Raw))
+	b.WriteByte(classOf(it.Type))
+	b.WriteString(t)
+	b.WriteByte(0)
+	b.WriteString(id)
+	b.WriteByte(0)
+	b.Write(it.Raw)
+	return b.String()
+}
+
+func decodeReplayItem(e string) (ReplayItem, error) {
+	if len(e) < 3 {
+		return ReplayItem{}, errCorrupt
+	}
+	e = e[1:]
+	i := strings.IndexByte(e, 0)
+	if i < 0 {
+		return ReplayItem{}, errCorrupt
+	}
+	t := e[:i]
+	e = e[i+1:]
+	j := strings.IndexByte(e, 0)
+	if j < 0 {
+		return ReplayItem{}, errCorrupt
+	}
+	return ReplayItem{Type: t, CallID: e[:j], Raw: []byte(e[j+1:])}, nil
+}
+
+// Invalidation messages: the sender's instance id, a newline, then per entry
+// a kind byte and the length-prefixed tenant and id. Length prefixes keep any
+// session or response id unambiguous.
+func encodeInvalidation(instance string, keys []lkey) string {
+	n := len(instance) + 1
+	for _, k := range keys {
+		n += 1 + 2*binary.MaxVarintLen32 + len(k.tenant) + len(k.id)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, instance...)
+	b = append(b, '\n')
+	for _, k := range keys {
+		b = append(b, '0'+byte(k.kind))
+		b = binary.AppendUvarint(b, uint64(len(k.tenant)))
+		b = append(b, k.tenant...)
+		b = binary.AppendUvarint(b, uint64(len(k.id)))
+		b = append(b, k.id...)
+	}
+	return string(b)
+}
+
+func decodeInvalidation(msg string) (instance string, keys []lkey, err error) {
+	i := strings.IndexByte(msg, '\n')
+	if i < 0 {
+		return "", nil, errCorrupt
+	}
+	instance, s := msg[:i], msg[i+1:]
+	for len(s) > 0 {
+		kind := Kind(s[0] - '0')
+		if kind >= numKinds {
+			return instance, keys, errCorrupt
+		}
+		tenant, rest, ok := readString(s[1:])
+		if !ok {
+			return instance, keys, errCorrupt
+		}
+		id, rest, ok := readString(rest)
+		if !ok {
+			return instance, keys, errCorrupt
+		}
+		s = rest
+		keys = append(keys, lkey{kind: kind, tenant: tenant, id: id})
+	}
+	return instance, keys, nil
+}

@@ -1,0 +1,368 @@
+package statestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// replayWrite is the replay part of a commit as Redis will see it.
+type replayWrite struct {
+	key     lkey
+	mode    string
+	items   []ReplayItem
+	last    string
+	entry   *entry // the local entry the write mirrors, nil if none
+	trimmed int    // items the local copy trimmed
+}
+
+// Commit writes a turn's bookkeeping: the local tier first (so this instance
+// sees it at once whatever Redis does), then Redis in one pipelined round
+// trip, which also announces the changed keys to other instances. On a Redis
+// failure the local copies stay (marked unconfirmed) and the error, wrapping
+// ErrDegraded, is informational only. The caller's cancellation does not
+// abort the write: bookkeeping must land even when the client has gone.
+func (s *Tiered) Commit(ctx context.Context, b Batch) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if err := validateBatch(&b); err != nil {
+		return err
+	}
+	tenant, session := strings.Clone(b.Scope.Tenant), strings.Clone(b.Scope.Session)
+	remote := s.rdb != nil
+	written := make(map[lkey]*entry, 2+len(b.DeletePending))
+	var touched []lkey
+	var rw *replayWrite
+
+	t := s.local
+	now := t.now()
+	t.mu.Lock()
+	if p := b.PutPending; p != nil {
+		ttl := p.TTL
+		if ttl <= 0 {
+			ttl = s.cfg.ttl[KindPending]
+		}
+		calls := cloneCalls(p.Calls)
+		k := lkey{kind: KindPending, tenant: tenant, id: strings.Clone(p.ResponseID)}
+		e := &entry{expires: now + int64(ttl), size: callsSize(calls), calls: calls, unconfirmed: remote}
+		t.putLocked(k, e)
+		written[k] = e
+		touched = append(touched, k)
+	}
+	for _, id := range b.DeletePending {
+		// Keep a "known: gone" marker: this instance must not fall back to
+		// a Redis copy that a failed delete left behind.
+		k := lkey{kind: KindPending, tenant: tenant, id: strings.Clone(id)}
+		e := &entry{expires: now + int64(s.cfg.ttl[KindPending]), size: entryOverhead, neg: true, unconfirmed: remote}
+		t.putLocked(k, e)
+		written[k] = e
+		touched = append(touched, k)
+	}
+	if b.Anchor != nil {
+		k := lkey{kind: KindAnchor, tenant: tenant, id: session}
+		v := strings.Clone(*b.Anchor)
+		e := &entry{expires: now + int64(s.cfg.ttl[KindAnchor]), size: entryOverhead + len(v), anchor: v, neg: v == "", unconfirmed: remote}
+		t.putLocked(k, e)
+		written[k] = e
+		touched = append(touched, k)
+	}
+	if b.touchesReplay() {
+		rw = s.applyReplayLocked(&b, lkey{kind: KindReplay, tenant: tenant, id: session}, now, remote)
+		if rw.entry != nil {
+			written[rw.key] = rw.entry
+		}
+		touched = append(touched, rw.key)
+	}
+	t.mu.Unlock()
+
+	if !remote {
+		if rw != nil && rw.trimmed > 0 {
+			s.metrics.replayTrims.Inc()
+		}
+		s.metrics.commits[commitLocalOnly].Inc()
+		return nil
+	}
+	if len(touched) == 0 {
+		return nil
+	}
+	res, err := s.writeRedis(context.WithoutCancel(ctx), &b, rw, touched)
+	if err != nil {
+		s.metrics.commits[commitDegraded].Inc()
+		if rw != nil && rw.entry == nil {
+			// Redis missed an append and no local copy can repair it: remember
+			// the gap so neither tier replays a partial history.
+			t.mu.Lock()
+			if _, ok := t.peekLocked(rw.key, t.now()); !ok {
+				t.putLocked(rw.key, &entry{expires: t.deadline(s.cfg.ttl[KindReplay]), size: entryOverhead,
+					replay: &replayState{broken: true}, unconfirmed: true})
+			}
+			t.mu.Unlock()
+		}
+		s.log.Debug("commit kept locally", "err", err)
+		return fmt.Errorf("%w: %w", ErrDegraded, err)
+	}
+	t.confirm(written)
+	if rw != nil {
+		s.checkReplay(rw, res)
+	}
+	s.metrics.commits[commitRedis].Inc()
+	s.metrics.invalSent.Add(float64(len(touched)))
+	return nil
+}
+
+func validateBatch(b *Batch) error {
+	if b.Scope.Tenant == "" {
+		return errors.New("statestore: commit without a tenant")
+	}
+	if b.PutPending != nil && b.PutPending.ResponseID == "" {
+		return errors.New("statestore: pending put without a response id")
+	}
+	if (b.Anchor != nil || b.touchesReplay()) && b.Scope.Session == "" {
+		return errors.New("statestore: session write without a session")
+	}
+	return nil
+}
+
+func cloneCalls(in []Call) []Call {
+	out := make([]Call, len(in))
+	for i, c := range in {
+		kind := kindOfCode(kindCode(c.Kind)) // shared constant for known kinds
+		if kind == "" {
+			kind = strings.Clone(c.Kind)
+		}
+		out[i] = Call{ID: strings.Clone(c.ID), Kind: kind}
+	}
+	return out
+}
+
+// applyReplayLocked applies the batch's replay part to the local tier and
+// decides what Redis must be told. Called with t.mu held.
+func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *replayWrite {
+	t := s.local
+	ttl := now + int64(s.cfg.ttl[KindReplay])
+	capBytes := s.cfg.replayCap
+	last := strings.Clone(b.ReplayLastResponseID)
+	rw := &replayWrite{key: k, mode: replayAppend, items: b.ReplayAppend, last: last}
+	cur, held := t.peekLocked(k, now)
+	switch {
+	case b.ReplayReset:
+		st := &replayState{}
+		rw.trimmed = st.appendItems(b.ReplayAppend, capBytes)
+		st.last = last
+		e := &entry{expires: ttl, size: st.size(), replay: st, unconfirmed: remote}
+		t.putLocked(k, e)
+		rw.mode, rw.entry = replayReset, e
+	case held && cur.replay != nil && cur.replay.broken:
+		// Appends cannot mend a gap; only a reset can. Tell Redis about
+		// the gap if it may not know yet.
+		cur.expires = ttl
+		if cur.unconfirmed {
+			rw.mode, rw.items = replayBreak, nil
+		}
+		rw.entry = cur
+	case held:
+		st := cur.replay
+		// Redis may lack earlier appends of an unconfirmed copy: rewrite
+		// the whole transcript instead of appending to a gapped one.
+		resync := st != nil && cur.unconfirmed
+		if st == nil { // known absent: the transcript starts now
+			st = &replayState{}
+			cur.neg, cur.replay = false, st
+		}
+		rw.trimmed = st.appendItems(b.ReplayAppend, capBytes)
+		st.last = last
+		cur.expires, cur.unconfirmed = ttl, remote
+		if resync {
+			rw.mode, rw.items = replayReset, st.items
+		}
+		t.resizeLocked(k, cur, st.size())
+		if cur.size <= t.maxBytes/2 { // else it was too big to keep locally
+			rw.entry = cur
+		}
+	case !remote:
+		// Local-only: nothing held means nothing exists.
+		st := &replayState{}
+		rw.trimmed = st.appendItems(b.ReplayAppend, capBytes)
+		st.last = last
+		e := &entry{expires: ttl, size: st.size(), replay: st}
+		t.putLocked(k, e)
+		rw.entry = e
+	}
+	// Otherwise the transcript lives only in Redis: append there and keep
+	// no partial local copy.
+	return rw
+}
+
+// writeRedis sends the batch in one pipeline and returns the replay script's
+// result (nil without a replay part).
+func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touched []lkey) ([]any, error) {
+	msg := encodeInvalidation(s.cfg.instanceID, touched)
+	var (
+		replayKeys []string
+		replayArgs []any
+	)
+	if rw != nil {
+		replayKeys = []string{
+			sessionKey(rw.key.tenant, rw.key.id, suffixReplay),
+			sessionKey(rw.key.tenant, rw.key.id, suffixReplayMeta),
+		}
+		token := s.cfg.instanceID + ":" + strconv.FormatUint(s.tokens.Add(1), 36)
+		replayArgs = make([]any, 0, 6+len(rw.items))
+		replayArgs = append(replayArgs, token, rw.mode, rw.last, s.cfg.replayCap, s.cfg.ttl[KindReplay].Milliseconds(),
+			expiryMs(s.cfg.ttl[KindReplay]))
+		for _, it := range rw.items {
+			replayArgs = append(replayArgs, encodeReplayItem(it))
+		}
+	}
+	var pendingVal, anchorVal []byte
+	var pendingTTL time.Duration
+	if p := b.PutPending; p != nil {
+		pendingTTL = p.TTL
+		if pendingTTL <= 0 {
+			pendingTTL = s.cfg.ttl[KindPending]
+		}
+		pendingVal = encodePending(p.Calls, expiryMs(pendingTTL))
+	}
+	if b.Anchor != nil && *b.Anchor != "" {
+		anchorVal = encodeAnchor(*b.Anchor, expiryMs(s.cfg.ttl[KindAnchor]))
+	}
+	// On a Cluster the pipeline runs on several nodes in parallel, so the
+	// announcement could overtake the writes and let another instance
+	// re-read the old value; there it follows the writes instead.
+	publishInline := !s.sharded
+	useEval := false
+	var res []any
+	err := s.do(ctx, opCommit, func(ctx context.Context) error {
+		var script *redis.Cmd
+		cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if b.PutPending != nil {
+				p.Set(ctx, pendingKey(b.Scope.Tenant, b.PutPending.ResponseID), pendingVal, pendingTTL)
+			}
+			for _, id := range b.DeletePending {
+				p.Del(ctx, pendingKey(b.Scope.Tenant, id))
+			}
+			if b.Anchor != nil {
+				k := sessionKey(b.Scope.Tenant, b.Scope.Session, suffixAnchor)
+				if *b.Anchor == "" {
+					p.Del(ctx, k)
+				} else {
+					p.Set(ctx, k, anchorVal, s.cfg.ttl[KindAnchor])
+				}
+			}
+			if rw != nil {
+				if useEval {
+					script = replayScript.Eval(ctx, p, replayKeys, replayArgs...)
+				} else {
+					script = replayScript.EvalSha(ctx, p, replayKeys, replayArgs...)
+				}
+			}
+			if publishInline {
+				s.publish(ctx, p, msg)
+			}
+			return nil
+		})
+		noScript := false
+		for _, c := range cmds {
+			if cerr := c.Err(); cerr != nil {
+				if c == script && redis.HasErrorPrefix(cerr, "NOSCRIPT") {
+					noScript = true
+					continue
+				}
+				return cerr
+			}
+		}
+		if err != nil && !noScript {
+			return err
+		}
+		if noScript {
+			// First use on this server (or after a restart): send the
+			// source once; the token keeps a repeat harmless.
+			useEval = true
+			cmds, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				script = replayScript.Eval(ctx, p, replayKeys, replayArgs...)
+				if publishInline {
+					s.publish(ctx, p, msg) // again: the first one overtook the replay write
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if !publishInline {
+			if err := s.publishNow(ctx, msg); err != nil {
+				return err
+			}
+		}
+		if script != nil {
+			res, _ = script.Val().([]any)
+		}
+		return nil
+	})
+	return res, err
+}
+
+func (s *Tiered) publish(ctx context.Context, p redis.Pipeliner, msg string) {
+	if s.sharded {
+		p.SPublish(ctx, s.cfg.channel, msg)
+	} else {
+		p.Publish(ctx, s.cfg.channel, msg)
+	}
+}
+
+func (s *Tiered) publishNow(ctx context.Context, msg string) error {
+	if s.sharded {
+		return s.rdb.SPublish(ctx, s.cfg.channel, msg).Err()
+	}
+	return s.rdb.Publish(ctx, s.cfg.channel, msg).Err()
+}
+
+// checkReplay compares the local copy with what the replay script reports.
+// They differ when another instance appended meanwhile (its invalidation is
+// still in flight) or Redis marked the transcript broken; then the local copy
+// is dropped and the next read takes the transcript from Redis.
+func (s *Tiered) checkReplay(rw *replayWrite, res []any) {
+	num := func(i int) int64 {
+		if i < len(res) {
+			v, _ := res[i].(int64)
+			return v
+		}
+		return -1
+	}
+	if num(5) > 0 || rw.trimmed > 0 {
+		s.metrics.replayTrims.Inc()
+	}
+	if rw.entry == nil {
+		return
+	}
+	t := s.local
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	cur, ok := t.lru.Peek(rw.key)
+	if !ok || cur != rw.entry || cur.replay == nil {
+		return
+	}
+	st := cur.replay
+	if st.broken {
+		if num(3) != 1 {
+			t.removeLocked(rw.key)
+		}
+		return
+	}
+	trimmed := int64(0)
+	if st.trimmed {
+		trimmed = 1
+	}
+	if num(3) != 0 || num(0) != int64(len(st.items)) || num(1) != int64(st.bytes) || num(2) != trimmed {
+		t.removeLocked(rw.key)
+	}
+}
+
+// expiryMs is the wall-clock expiry of a value written now with ttl.
+func expiryMs(ttl time.Duration) int64 { return time.Now().Add(ttl).UnixMilli() }

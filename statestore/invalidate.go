@@ -1,0 +1,134 @@
+package statestore
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Subscription timing: a silent connection is pinged after pingEvery, and a
+// lost subscription is re-established with a backoff up to maxBackoff.
+const (
+	pingEvery   = time.Second
+	minBackoff  = 50 * time.Millisecond
+	maxBackoff  = 2 * time.Second
+	pingTimeout = 500 * time.Millisecond
+)
+
+// subscribeLoop keeps this instance subscribed to the invalidation channel
+// until ctx ends. Every (re)subscription after the first flushes the local
+// tier: announcements sent while the subscription was down are lost, so any
+// copy Redis holds may be stale.
+func (s *Tiered) subscribeLoop(ctx context.Context) {
+	defer close(s.subDone)
+	subscribedBefore := false
+	backoff := minBackoff
+	readyOnce := false
+	for ctx.Err() == nil {
+		ps := s.openSubscription(ctx)
+		if ps == nil {
+			return
+		}
+	receive:
+		for {
+			msg, err := ps.ReceiveTimeout(ctx, pingEvery)
+			if err != nil {
+				if ctx.Err() != nil {
+					break receive
+				}
+				if isTimeout(err) {
+					pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+					err = ps.Ping(pctx)
+					cancel()
+					if err == nil {
+						continue
+					}
+				}
+				s.metrics.redisErrors[opSubscribe].Inc()
+				s.log.Warn("invalidation subscription lost; will flush the local tier when it is back", "err", err)
+				break receive
+			}
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				if m.Kind != "subscribe" && m.Kind != "ssubscribe" {
+					// The server dropped us (for example the channel's
+					// slot moved): subscribe afresh.
+					s.log.Warn("invalidation subscription ended by the server", "kind", m.Kind)
+					break receive
+				}
+				if subscribedBefore {
+					n := s.local.flush()
+					s.metrics.flushes.Inc()
+					s.log.Info("invalidation subscription restored; local tier flushed", "dropped", n)
+				}
+				subscribedBefore = true
+				backoff = minBackoff
+				if !readyOnce {
+					readyOnce = true
+					close(s.subReady)
+				}
+			case *redis.Message:
+				s.invalidate(m.Payload)
+			}
+		}
+		s.setSubscription(nil)
+		_ = ps.Close()
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// openSubscription starts a (sharded on Cluster) subscription. The
+// confirmation arrives through Receive.
+func (s *Tiered) openSubscription(ctx context.Context) *redis.PubSub {
+	var ps *redis.PubSub
+	if s.sharded {
+		ps = s.rdb.SSubscribe(ctx, s.cfg.channel)
+	} else {
+		ps = s.rdb.Subscribe(ctx, s.cfg.channel)
+	}
+	if !s.setSubscription(ps) {
+		_ = ps.Close()
+		return nil
+	}
+	return ps
+}
+
+// setSubscription records the live subscription for Close; it refuses a new
+// one once the store is closing.
+func (s *Tiered) setSubscription(ps *redis.PubSub) bool {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	if ps != nil && s.closed.Load() {
+		return false
+	}
+	s.sub = ps
+	return true
+}
+
+// invalidate drops the local copies another instance announced as changed.
+func (s *Tiered) invalidate(payload string) {
+	from, keys, err := decodeInvalidation(payload)
+	if err != nil {
+		s.metrics.redisErrors[opSubscribe].Inc()
+		s.log.Debug("malformed invalidation message ignored")
+	}
+	if from == s.cfg.instanceID {
+		return // our own write: the local tier already has it
+	}
+	for _, k := range keys {
+		s.local.remove(k)
+	}
+	s.metrics.invalReceived.Add(float64(len(keys)))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,149 @@
+package statestore
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// tier labels: the tier that answered a lookup.
+const (
+	tierLocal = iota
+	tierRedis
+	numTiers
+)
+
+var tierNames = [numTiers]string{"local", "redis"}
+
+// op labels for Redis operations.
+type op uint8
+
+const (
+	opPending op = iota
+	opAnchor
+	opReplay
+	opCommit
+	opSubscribe
+	numOps
+)
+
+var opNames = [numOps]string{"pending", "anchor", "replay", "commit", "subscribe"}
+
+// opOfKind maps a read kind to its op label.
+func opOfKind(k Kind) op { return op(k) }
+
+// Breaker state gauge values: higher is worse.
+const (
+	breakerClosed   = 0
+	breakerHalfOpen = 1
+	breakerOpen     = 2
+)
+
+// metrics are resolved to concrete counters once, so the hot path only does
+// an atomic add and never hashes label values.
+type metrics struct {
+	lookups       [numKinds][numTiers][Unknown + 1]prometheus.Counter
+	redisErrors   [numOps]prometheus.Counter
+	redisSkipped  [numOps]prometheus.Counter
+	breakerState  prometheus.Gauge
+	invalSent     prometheus.Counter
+	invalReceived prometheus.Counter
+	flushes       prometheus.Counter
+	commits       [numCommitResults]prometheus.Counter
+	replayTrims   prometheus.Counter
+}
+
+// commit results.
+const (
+	commitRedis     = iota // written to both tiers
+	commitLocalOnly        // no Redis configured
+	commitDegraded         // Redis failed or breaker open; kept locally
+	numCommitResults
+)
+
+var commitNames = [numCommitResults]string{"redis", "local_only", "degraded"}
+
+const namespace = "chainmend_store"
+
+func newMetrics(reg prometheus.Registerer, local *localTier) (*metrics, error) {
+	m := &metrics{}
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "lookups_total",
+		Help: "State lookups by kind, the tier that answered (local, redis) and result (hit, miss, unknown).",
+	}, []string{"kind", "tier", "result"})
+	for k := Kind(0); k < numKinds; k++ {
+		for t := 0; t < numTiers; t++ {
+			for r := Miss; r <= Unknown; r++ {
+				m.lookups[k][t][r] = lookups.WithLabelValues(k.String(), tierNames[t], r.String())
+			}
+		}
+	}
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "redis_errors_total",
+		Help: "Failed Redis operations (every attempt, retries included) by operation.",
+	}, []string{"op"})
+	skipped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "redis_skipped_total",
+		Help: "Redis operations not attempted because the circuit breaker was open, by operation.",
+	}, []string{"op"})
+	for o := op(0); o < numOps; o++ {
+		m.redisErrors[o] = errs.WithLabelValues(opNames[o])
+		m.redisSkipped[o] = skipped.WithLabelValues(opNames[o])
+	}
+	m.breakerState = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "breaker_state",
+		Help: "Redis circuit breaker state: 0 closed, 1 half-open, 2 open.",
+	})
+	m.invalSent = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "invalidations_sent_total",
+		Help: "Keys announced as changed to other instances.",
+	})
+	m.invalReceived = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "invalidations_received_total",
+		Help: "Keys dropped from the local tier on another instance's announcement.",
+	})
+	m.flushes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "local_flushes_total",
+		Help: "Local tier flushes after the invalidation subscription was lost and restored.",
+	})
+	commits := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "commits_total",
+		Help: "Turn commits by result (redis, local_only, degraded).",
+	}, []string{"result"})
+	for c := 0; c < numCommitResults; c++ {
+		m.commits[c] = commits.WithLabelValues(commitNames[c])
+	}
+	m.replayTrims = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "replay_trims_total",
+		Help: "Replay transcripts trimmed in whole units to respect the byte cap.",
+	})
+	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "local_entries",
+		Help: "Entries in the local tier.",
+	}, func() float64 { return float64(local.nEntries.Load()) })
+	bytes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "local_bytes",
+		Help: "Approximate bytes held by the local tier.",
+	}, func() float64 { return float64(local.nBytes.Load()) })
+
+	if reg == nil {
+		return m, nil
+	}
+	collectors := []prometheus.Collector{lookups, errs, skipped, m.breakerState, m.invalSent,
+		m.invalReceived, m.flushes, commits, m.replayTrims, entries, bytes}
+	for i, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			// Leave the registerer as it was, so a caller may retry.
+			for _, done := range collectors[:i] {
+				reg.Unregister(done)
+			}
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				return nil, fmt.Errorf("statestore: metrics already registered (one store per registerer): %w", err)
+			}
+			return nil, fmt.Errorf("statestore: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,171 @@
+package statestore
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Defaults of the options.
+const (
+	DefaultTTL             = time.Hour
+	DefaultLocalEntries    = 100_000
+	DefaultLocalBytes      = 256 << 20
+	DefaultHotTTL          = 30 * time.Second
+	DefaultOpTimeout       = 50 * time.Millisecond
+	DefaultReplayCap       = 4 << 20
+	DefaultBreakerFailures = 5
+	DefaultBreakerCooldown = time.Second
+)
+
+// Option configures New.
+type Option func(*config)
+
+type config struct {
+	redisURL        string
+	ttl             [numKinds]time.Duration
+	localEntries    int
+	localBytes      int
+	hotTTL          time.Duration
+	opTimeout       time.Duration
+	replayCap       int
+	breakerFailures int
+	breakerCooldown time.Duration
+	registerer      prometheus.Registerer
+	logger          *slog.Logger
+	instanceID      string
+	channel         string
+}
+
+func defaultConfig() config {
+	c := config{
+		localEntries:    DefaultLocalEntries,
+		localBytes:      DefaultLocalBytes,
+		hotTTL:          DefaultHotTTL,
+		opTimeout:       DefaultOpTimeout,
+		replayCap:       DefaultReplayCap,
+		breakerFailures: DefaultBreakerFailures,
+		breakerCooldown: DefaultBreakerCooldown,
+		channel:         "cm:inval",
+	}
+	for k := range c.ttl {
+		c.ttl[k] = DefaultTTL
+	}
+	return c
+}
+
+// WithRedisURL enables the Redis tier. Accepted forms:
+//
+//	redis://[user:pass@]host:port[/db][?options]     standalone (rediss:// for TLS)
+//	redis://…?master_name=NAME[&addr=host:port…]     Sentinel (the authority and
+//	                                                 addr= name the sentinels)
+//	redis+sentinel://… / rediss+sentinel://…         Sentinel, explicitly
+//	redis+cluster://host:port[?addr=host:port…]      Cluster (rediss+cluster:// for TLS)
+//
+// Options are go-redis URL options (pool_size, dial_timeout…). An empty URL
+// keeps the store local-only.
+func WithRedisURL(url string) Option { return func(c *config) { c.redisURL = url } }
+
+// WithTTL sets the time to live of one kind of state, in Redis and for local
+// copies the store wrote itself. Default 1 h.
+func WithTTL(kind Kind, d time.Duration) Option {
+	return func(c *config) {
+		if kind < numKinds && d > 0 {
+			c.ttl[kind] = d
+		}
+	}
+}
+
+// WithLocalEntries bounds the number of entries in the local tier.
+func WithLocalEntries(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.localEntries = n
+		}
+	}
+}
+
+// WithLocalBytes bounds the approximate memory of the local tier in bytes.
+func WithLocalBytes(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.localBytes = n
+		}
+	}
+}
+
+// WithHotTTL sets how long a copy read from Redis stays in the local tier.
+// Invalidation messages normally drop stale copies at once; the short life
+// bounds staleness when a message is lost.
+func WithHotTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.hotTTL = d
+		}
+	}
+}
+
+// WithOpTimeout sets the deadline of one Redis operation (default 50 ms).
+// A failed operation is retried at most once.
+func WithOpTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.opTimeout = d
+		}
+	}
+}
+
+// WithReplayCap sets the byte cap of a replay transcript (default 4 MiB).
+// Over the cap the oldest whole units are trimmed until the transcript is
+// back under three quarters of it, so trimming does not run on every turn.
+func WithReplayCap(bytes int) Option {
+	return func(c *config) {
+		if bytes > 0 {
+			c.replayCap = bytes
+		}
+	}
+}
+
+// WithBreaker sets the circuit breaker: it opens after failures consecutive
+// Redis failures and lets one probe through after cooldown.
+func WithBreaker(failures int, cooldown time.Duration) Option {
+	return func(c *config) {
+		if failures > 0 {
+			c.breakerFailures = failures
+		}
+		if cooldown > 0 {
+			c.breakerCooldown = cooldown
+		}
+	}
+}
+
+// WithRegisterer registers the store's metrics (namespace chainmend_store_)
+// on r. Without it the metrics are kept but not exported.
+func WithRegisterer(r prometheus.Registerer) Option { return func(c *config) { c.registerer = r } }
+
+// WithLogger sets the logger for state changes (breaker, subscription).
+// The default is slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithInstanceID names this instance in invalidation messages so it can
+// ignore its own. The default is random.
+func WithInstanceID(id string) Option { return func(c *config) { c.instanceID = id } }
+
+// WithChannel sets the invalidation pub/sub channel (default "cm:inval").
+// Instances that share state must use the same channel.
+func WithChannel(name string) Option {
+	return func(c *config) {
+		if name != "" {
+			c.channel = name
+		}
+	}
+}
+
+func randomID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}

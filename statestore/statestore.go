@@ -1,0 +1,231 @@
+// Package statestore keeps the per-session state the gateway's turn context
+// needs (SPEC R2, §5.3, §6): the pending calls of a response, the session
+// anchor (the last response id of a session) and the replay transcript (the
+// session's full logical input).
+//
+// State lives in two tiers. The local tier is a bounded LRU in the process; the
+// remote tier is Redis (standalone, Sentinel or Cluster), shared by every
+// gateway instance. Reads go local → Redis → backfill; a session that stays on
+// one instance is served from the local tier alone. Every write of a turn is
+// one pipelined round trip, and announces the keys it changed on a pub/sub
+// channel so other instances drop their local copies at once.
+//
+// Redis trouble never fails a turn: reads answer Unknown, writes keep the
+// local copy, and a circuit breaker stops waiting on a dead server. Without a
+// Redis URL the same API works on the local tier alone.
+//
+// Keys are scoped by tenant (TenantOf, a hash of the client's credential) and
+// by session (SessionOf), so one tenant can never read another's state.
+package statestore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Call is one call of a response that still waits for its output.
+type Call struct {
+	// ID is the call_id.
+	ID string
+	// Kind is the item type of the call: "function_call", "custom_tool_call"
+	// or "local_shell_call".
+	Kind string
+}
+
+// Result says how a read was answered.
+type Result uint8
+
+const (
+	// Miss means the state is known not to exist.
+	Miss Result = iota
+	// Hit means the state was found.
+	Hit
+	// Unknown means the store could not tell (Redis failed or the circuit
+	// breaker is open). Callers treat it as "pending unknown", never as an
+	// error of the turn.
+	Unknown
+)
+
+// String returns "miss", "hit" or "unknown".
+func (r Result) String() string {
+	switch r {
+	case Hit:
+		return "hit"
+	case Miss:
+		return "miss"
+	default:
+		return "unknown"
+	}
+}
+
+// Kind names one of the three kinds of state, for per-kind options.
+type Kind uint8
+
+const (
+	// KindPending is the pending calls of a response.
+	KindPending Kind = iota
+	// KindAnchor is the session anchor.
+	KindAnchor
+	// KindReplay is the replay transcript.
+	KindReplay
+	numKinds
+)
+
+// String returns "pending", "anchor" or "replay".
+func (k Kind) String() string {
+	switch k {
+	case KindPending:
+		return "pending"
+	case KindAnchor:
+		return "anchor"
+	case KindReplay:
+		return "replay"
+	default:
+		return "invalid"
+	}
+}
+
+// Scope names a session of a tenant.
+type Scope struct {
+	// Tenant is TenantOf(the client's credential).
+	Tenant string
+	// Session is SessionOf(the client's headers, prompt_cache_key, connection).
+	Session string
+}
+
+// ReplayItem is one input item of a replay transcript.
+type ReplayItem struct {
+	// Raw is the item's JSON exactly as it was sent or received; the store
+	// copies it on Commit and never re-encodes it.
+	Raw []byte
+	// Type is the item's "type" ("message", "function_call", "reasoning"…).
+	Type string
+	// CallID is the item's "call_id", empty for items without one.
+	CallID string
+}
+
+// Transcript is the replay transcript of a session.
+type Transcript struct {
+	// Items are the session's input items, oldest first. The slice is shared
+	// with the store and must not be modified.
+	Items []ReplayItem
+	// LastResponseID is the response whose output items end the transcript,
+	// or "" when the transcript does not end with a response's output.
+	LastResponseID string
+	// Trimmed reports that old units were cut to respect the byte cap.
+	Trimmed bool
+	// Bytes is the sum of len(Raw) over Items.
+	Bytes int
+}
+
+// Store is what the gateway needs from the state store. *Tiered implements it.
+type Store interface {
+	// Pending returns the calls of responseID that still wait for output.
+	// A Hit with no calls means "known: nothing pending". The returned slice
+	// is shared and must not be modified.
+	Pending(ctx context.Context, tenant, responseID string) ([]Call, Result)
+	// Anchor returns the session's last response id.
+	Anchor(ctx context.Context, scope Scope) (string, Result)
+	// Replay returns the session's replay transcript.
+	Replay(ctx context.Context, scope Scope) (Transcript, Result)
+	// Commit writes a turn's bookkeeping in one pipelined round trip. It never
+	// loses the local copy; a non-nil error is informational (counted and
+	// logged) and must not fail the turn.
+	Commit(ctx context.Context, b Batch) error
+	// Close releases the store's connections and goroutines.
+	Close() error
+}
+
+// PendingPut records the calls a response left unanswered.
+type PendingPut struct {
+	// ResponseID is the response that produced the calls.
+	ResponseID string
+	// Calls are the unanswered calls; an empty list is stored too and means
+	// "known: nothing pending", which differs from a Miss.
+	Calls []Call
+	// TTL follows the response's chain TTL; zero means the configured
+	// default for KindPending.
+	TTL time.Duration
+}
+
+// Batch is everything one turn writes (SPEC §5.3).
+type Batch struct {
+	// Scope is the session the turn belongs to.
+	Scope Scope
+	// PutPending records the calls of the response that just ended.
+	PutPending *PendingPut
+	// DeletePending lists response ids whose calls this turn answered.
+	DeletePending []string
+	// Anchor sets the session anchor when non-nil; "" clears it.
+	Anchor *string
+	// ReplayReset replaces the transcript (a full create) instead of
+	// appending to it.
+	ReplayReset bool
+	// ReplayAppend are the turn's new items: its input, then the response's
+	// output items.
+	ReplayAppend []ReplayItem
+	// ReplayLastResponseID is stored as the transcript's LastResponseID
+	// whenever the batch touches the replay (reset, items, or a non-empty id).
+	ReplayLastResponseID string
+}
+
+// touchesReplay reports whether the batch writes the replay transcript.
+func (b *Batch) touchesReplay() bool {
+	return b.ReplayReset || len(b.ReplayAppend) > 0 || b.ReplayLastResponseID != ""
+}
+
+// tenantHexLen is the length of a tenant id: 128 bits of SHA-256 in hex, so
+// that two credentials never share a tenant by accident.
+const tenantHexLen = 32
+
+// TenantOf returns the tenant id of a credential: a short hex SHA-256 of the
+// Authorization value (a "Bearer " prefix and surrounding spaces ignored).
+// The credential itself never reaches a key, a log or a metric.
+func TenantOf(authorization string) string {
+	cred := strings.TrimSpace(authorization)
+	if len(cred) > 7 && strings.EqualFold(cred[:7], "bearer ") {
+		cred = strings.TrimSpace(cred[7:])
+	}
+	sum := sha256.Sum256([]byte(cred))
+	return hex.EncodeToString(sum[:tenantHexLen/2])
+}
+
+// maxSessionLen bounds a session id used verbatim; longer or unusual ids are
+// hashed so keys stay short and printable.
+const maxSessionLen = 128
+
+// SessionOf returns the session id of a turn: the "session-id" header (Codex
+// 0.169), else "session_id" (older clients), else the request's
+// prompt_cache_key, else the connection id ("conn:"-prefixed so it cannot
+// collide with a client-chosen id). Ids that are long or contain control
+// characters are replaced by "h:" and a hash of them.
+func SessionOf(h http.Header, promptCacheKey, connID string) string {
+	if v := strings.TrimSpace(h.Get("session-id")); v != "" {
+		return sanitizeSession(v)
+	}
+	if v := strings.TrimSpace(h.Get("session_id")); v != "" {
+		return sanitizeSession(v)
+	}
+	if v := strings.TrimSpace(promptCacheKey); v != "" {
+		return sanitizeSession(v)
+	}
+	return sanitizeSession("conn:" + connID)
+}
+
+func sanitizeSession(s string) string {
+	ok := len(s) <= maxSessionLen && !strings.HasPrefix(s, "h:")
+	for i := 0; ok && i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			ok = false
+		}
+	}
+	if ok {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return "h:" + hex.EncodeToString(sum[:16])
+}

@@ -1,0 +1,343 @@
+package statestore
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// ErrClosed is returned by Commit after Close.
+var ErrClosed = errors.New("statestore: store closed")
+
+// ErrDegraded wraps the error of a Commit whose Redis write failed or was
+// skipped by the open circuit breaker. The local tier holds the state; the
+// turn goes on.
+var ErrDegraded = errors.New("statestore: redis unavailable, state kept locally")
+
+// Tiered is the two-tier Store: a local LRU in front of an optional Redis.
+// It is safe for concurrent use.
+type Tiered struct {
+	cfg     config
+	log     *slog.Logger
+	local   *localTier
+	metrics *metrics
+	breaker *breaker
+
+	rdb     redis.UniversalClient // nil: local-only
+	backend string
+	sharded bool // sharded pub/sub (Cluster)
+
+	tokens atomic.Uint64 // replay write tokens
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	stop      context.CancelFunc
+	subDone   chan struct{}
+	subMu     sync.Mutex
+	sub       *redis.PubSub
+	subReady  chan struct{}
+}
+
+var _ Store = (*Tiered)(nil)
+
+// subscribeWait bounds how long New waits for the invalidation subscription;
+// an unreachable Redis must not hold up the gateway's start.
+const subscribeWait = time.Second
+
+// New returns a store. Without WithRedisURL it is local-only. An unreachable
+// Redis is not an error (the store starts degraded and recovers on its own);
+// an invalid URL or a metrics registration conflict is.
+func New(opts ...Option) (*Tiered, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.instanceID == "" {
+		cfg.instanceID = randomID()
+	}
+	if strings.ContainsRune(cfg.instanceID, '\n') {
+		return nil, errors.New("statestore: instance id must not contain a newline")
+	}
+	s := &Tiered{
+		cfg:     cfg,
+		log:     cfg.logger,
+		local:   newLocalTier(cfg.localEntries, cfg.localBytes),
+		backend: backendLocal,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.log = s.log.With("component", "statestore")
+	m, err := newMetrics(cfg.registerer, s.local)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
+	s.breaker = newBreaker(cfg.breakerFailures, cfg.breakerCooldown, s.breakerChanged)
+	if cfg.redisURL == "" {
+		s.log.Info("state store is local-only (no redis URL)")
+		return s, nil
+	}
+	s.rdb, s.backend, err = newRedisClient(cfg.redisURL)
+	if err != nil {
+		return nil, err
+	}
+	s.sharded = s.backend == backendCluster
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	s.subDone = make(chan struct{})
+	s.subReady = make(chan struct{})
+	go s.subscribeLoop(ctx)
+	select {
+	case <-s.subReady:
+	case <-time.After(subscribeWait):
+		s.log.Warn("invalidation subscription not ready; continuing, it retries in the background")
+	}
+	s.log.Info("state store ready", "backend", s.backend, "instance", cfg.instanceID)
+	return s, nil
+}
+
+// Backend names the remote tier: "local" (none), "standalone", "sentinel" or
+// "cluster".
+func (s *Tiered) Backend() string { return s.backend }
+
+// InstanceID returns the id this instance signs its invalidations with.
+func (s *Tiered) InstanceID() string { return s.cfg.instanceID }
+
+// Close stops the subscription and closes the Redis client. The local tier
+// stays readable; Commit returns ErrClosed.
+func (s *Tiered) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		if s.rdb == nil {
+			return
+		}
+		s.stop()
+		s.subMu.Lock()
+		if s.sub != nil {
+			_ = s.sub.Close() // unblocks the receive loop
+		}
+		s.subMu.Unlock()
+		<-s.subDone
+		err = s.rdb.Close()
+	})
+	return err
+}
+
+func (s *Tiered) breakerChanged(from, to int) {
+	s.metrics.breakerState.Set(float64(to))
+	switch to {
+	case breakerOpen:
+		if from == breakerClosed {
+			s.log.Warn("redis circuit breaker open: serving from the local tier", "cooldown", s.cfg.breakerCooldown)
+		}
+	case breakerClosed:
+		s.log.Info("redis circuit breaker closed: redis is back")
+	}
+}
+
+func (s *Tiered) count(k Kind, tier int, r Result) { s.metrics.lookups[k][tier][r].Inc() }
+
+// Pending returns the calls of responseID that still wait for their output.
+func (s *Tiered) Pending(ctx context.Context, tenant, responseID string) ([]Call, Result) {
+	k := lkey{kind: KindPending, tenant: tenant, id: responseID}
+	if calls, neg, ok := s.local.pending(k); ok {
+		return s.localAnswer(k.kind, neg, calls)
+	}
+	if s.rdb == nil {
+		s.count(k.kind, tierLocal, Miss)
+		return nil, Miss
+	}
+	gen := s.local.generation(k)
+	key := pendingKey(tenant, responseID)
+	var val string
+	err := s.do(ctx, opPending, func(ctx context.Context) error {
+		var err error
+		val, err = s.rdb.Get(ctx, key).Result()
+		return err
+	})
+	if errors.Is(err, redis.Nil) {
+		s.backfillNeg(k, gen)
+		return nil, s.redisAnswer(k.kind, Miss)
+	}
+	if err != nil {
+		return nil, s.redisAnswer(k.kind, Unknown)
+	}
+	calls, exp, err := decodePending(val)
+	if err != nil {
+		s.metrics.redisErrors[opPending].Inc()
+		return nil, s.redisAnswer(k.kind, Unknown)
+	}
+	if deadline, ok := s.backfillDeadline(exp); ok {
+		s.local.backfill(k, &entry{expires: deadline, size: callsSize(calls), calls: calls}, gen)
+	}
+	return calls, s.redisAnswer(k.kind, Hit)
+}
+
+func (s *Tiered) localAnswer(k Kind, neg bool, calls []Call) ([]Call, Result) {
+	if neg {
+		s.count(k, tierLocal, Miss)
+		return nil, Miss
+	}
+	s.count(k, tierLocal, Hit)
+	return calls, Hit
+}
+
+func (s *Tiered) redisAnswer(k Kind, r Result) Result {
+	s.count(k, tierRedis, r)
+	return r
+}
+
+// backfillNeg remembers briefly that Redis has no value, so repeated lookups
+// of a new session do not each cost a round trip. Every write publishes an
+// invalidation, which drops this marker on all instances.
+func (s *Tiered) backfillNeg(k lkey, gen uint64) {
+	s.local.backfill(k, &entry{expires: s.local.deadline(s.cfg.hotTTL), size: entryOverhead, neg: true}, gen)
+}
+
+// Anchor returns the session's last response id. A Hit is never "".
+func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
+	k := lkey{kind: KindAnchor, tenant: scope.Tenant, id: scope.Session}
+	if id, neg, ok := s.local.anchor(k); ok {
+		if neg {
+			s.count(k.kind, tierLocal, Miss)
+			return "", Miss
+		}
+		s.count(k.kind, tierLocal, Hit)
+		return id, Hit
+	}
+	if s.rdb == nil {
+		s.count(k.kind, tierLocal, Miss)
+		return "", Miss
+	}
+	gen := s.local.generation(k)
+	key := sessionKey(scope.Tenant, scope.Session, suffixAnchor)
+	var val string
+	err := s.do(ctx, opAnchor, func(ctx context.Context) error {
+		var err error
+		val, err = s.rdb.Get(ctx, key).Result()
+		return err
+	})
+	if errors.Is(err, redis.Nil) {
+		s.backfillNeg(k, gen)
+		return "", s.redisAnswer(k.kind, Miss)
+	}
+	if err != nil {
+		return "", s.redisAnswer(k.kind, Unknown)
+	}
+	id, exp, err := decodeAnchor(val)
+	if err != nil || id == "" {
+		s.metrics.redisErrors[opAnchor].Inc()
+		return "", s.redisAnswer(k.kind, Unknown)
+	}
+	if deadline, ok := s.backfillDeadline(exp); ok {
+		s.local.backfill(k, &entry{expires: deadline, size: entryOverhead + len(id), anchor: id}, gen)
+	}
+	return id, s.redisAnswer(k.kind, Hit)
+}
+
+// Replay returns the session's replay transcript. A transcript known to have
+// a gap answers Miss.
+func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
+	k := lkey{kind: KindReplay, tenant: scope.Tenant, id: scope.Session}
+	if tr, neg, ok := s.local.replay(k); ok {
+		if neg {
+			s.count(k.kind, tierLocal, Miss)
+			return Transcript{}, Miss
+		}
+		s.count(k.kind, tierLocal, Hit)
+		return tr, Hit
+	}
+	if s.rdb == nil {
+		s.count(k.kind, tierLocal, Miss)
+		return Transcript{}, Miss
+	}
+	gen := s.local.generation(k)
+	listKey := sessionKey(scope.Tenant, scope.Session, suffixReplay)
+	metaKey := sessionKey(scope.Tenant, scope.Session, suffixReplayMeta)
+	var elems []string
+	var meta []any
+	err := s.do(ctx, opReplay, func(ctx context.Context) error {
+		// One slot (shared hash tag), so one node and one round trip.
+		cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			p.LRange(ctx, listKey, 0, -1)
+			p.HMGet(ctx, metaKey, "b", "t", "l", "x", "e")
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		elems = cmds[0].(*redis.StringSliceCmd).Val()
+		meta = cmds[1].(*redis.SliceCmd).Val()
+		return nil
+	})
+	if err != nil {
+		return Transcript{}, s.redisAnswer(k.kind, Unknown)
+	}
+	st, exp, ok, err := decodeReplay(elems, meta)
+	if err != nil {
+		s.metrics.redisErrors[opReplay].Inc()
+		return Transcript{}, s.redisAnswer(k.kind, Unknown)
+	}
+	if !ok {
+		s.backfillNeg(k, gen)
+		return Transcript{}, s.redisAnswer(k.kind, Miss)
+	}
+	// Take the view before the state is shared: once in the local tier a
+	// Commit may append to it.
+	tr := st.transcript()
+	if deadline, ok := s.backfillDeadline(exp); ok {
+		s.local.backfill(k, &entry{expires: deadline, size: st.size(), replay: st}, gen)
+	}
+	return tr, s.redisAnswer(k.kind, Hit)
+}
+
+// backfillDeadline returns the local deadline of a copy read from Redis: the
+// hot TTL, but never past the value's own expiry. ok is false when the value
+// is (by this host's clock) already at its end and not worth keeping.
+func (s *Tiered) backfillDeadline(expiresMs int64) (int64, bool) {
+	d := s.cfg.hotTTL
+	if expiresMs > 0 {
+		left := time.Until(time.UnixMilli(expiresMs))
+		if left <= 0 {
+			return 0, false
+		}
+		d = min(d, left)
+	}
+	return s.local.deadline(d), true
+}
+
+// decodeReplay builds a transcript from the list and the meta fields
+// b, t, l, x, e. ok is false when there is none (or it is broken).
+func decodeReplay(elems []string, meta []any) (st *replayState, expiresMs int64, ok bool, err error) {
+	if len(meta) != 5 || meta[0] == nil {
+		return nil, 0, false, nil // no meta hash: no transcript
+	}
+	if x, _ := meta[3].(string); x == "1" {
+		return nil, 0, false, nil
+	}
+	if e, _ := meta[4].(string); e != "" {
+		expiresMs, _ = strconv.ParseInt(e, 10, 64)
+	}
+	st = &replayState{items: make([]ReplayItem, 0, len(elems))}
+	t, _ := meta[1].(string)
+	st.trimmed = t == "1"
+	st.last, _ = meta[2].(string)
+	for _, e := range elems {
+		it, err := decodeReplayItem(e)
+		if err != nil {
+			return nil, 0, false, err
+		}
+		st.items = append(st.items, it)
+		st.bytes += len(it.Raw)
+	}
+	return st, expiresMs, true, nil
+}
