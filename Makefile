@@ -4,13 +4,23 @@ BIN := bin
 POLICIES ?= policies
 GOFLAGS_TEST ?= -count=1
 
-.PHONY: all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean
+.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/policyctl ./cmd/policyctl
 	$(GO) build -o $(BIN)/gateway ./cmd/gateway
+	$(GO) build -o $(BIN)/emulator ./cmd/emulator
+
+# build-debug builds the strict-by-default gateway (SPEC §3: the debug build).
+build-debug:
+	$(GO) build -tags debug -o $(BIN)/gateway-debug ./cmd/gateway
+
+# demo runs the gateway in front of the upstream emulator with a scripted client whose
+# conversation breaks without the gateway (no network, no API key).
+demo:
+	$(GO) run ./cmd/demo --policies $(POLICIES)
 
 # run starts the gateway on the default policies and the embedded local store.
 run: build
@@ -47,7 +57,7 @@ bench:
 
 # Each fuzz target as package:Func. `make fuzz` runs each for FUZZTIME; `make test` runs each
 # briefly (FUZZ_SHORT) so that the seed corpora in testdata/fuzz stay exercised.
-FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch engine:FuzzCompile
+FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch engine:FuzzCompile emulator:FuzzCreate
 FUZZTIME ?= 60s
 FUZZ_SHORT ?= 5s
 

@@ -33,6 +33,8 @@ type Frame struct {
 	// Type is the frame's "type" (the SSE event name over HTTP) once known;
 	// an unparseable frame keeps it empty.
 	Type string
+	// Data is the frame as on the wire, shared with the recording: do not
+	// modify it.
 	Data []byte
 	Time time.Time
 }

@@ -265,7 +265,8 @@ type Request struct {
 	Store              bool
 	Generate           bool
 	// Input holds the new items of this create, Context the effective context:
-	// the chained response's context and output followed by Input.
+	// the chained response's context and output followed by Input. Both are
+	// shared with the emulator's records and must not be modified.
 	Input   []Item
 	Context []Item
 	// Frame is the raw create; Header the handshake or POST headers.

@@ -778,5 +778,8 @@ func TestRuntimeError(t *testing.T) {
 		assert.Contains(t, acts[0].Note, "index")
 		assert.True(t, acts[1].Applied, "the rule's other actions still run")
 		assert.Empty(t, turn.Request.PreviousResponseID())
+		traced := acts[0].Note + "\n" + step(t, out, "bad-arg").Err
+		knownBug(t, !strings.Contains(traced, "test.yaml:9:35"),
+			"eval.go apply: a failing action argument is traced without its file:line:col (ruleError gets step=nil and would use the when's position)")
 	})
 }

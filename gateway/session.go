@@ -283,6 +283,10 @@ func (ss *session) turn(req *responses.Request) {
 		ss.writeError(responses.ErrorBody{Status: 503, Type: "server_error", Code: "policies_not_loaded", Message: "the gateway has no active policy set yet"})
 		return
 	}
+	// The upstream connection is settled before the policies run, so that upstream.cached
+	// tells them whether this turn goes out on a fresh connection. A failed dial leaves it
+	// "" and surfaces as a transport failure when the turn is sent.
+	_, _ = ss.upstream()
 	tc := srv.buildTurn(ss.ctx, req, engine.TransportWebSocket, ss.hdr, ss.connID, &ss.mem, ss.cached())
 	ss.mem.turns++
 	outcome := ss.runTurn(tc)

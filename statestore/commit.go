@@ -36,7 +36,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 	}
 	tenant, session := strings.Clone(b.Scope.Tenant), strings.Clone(b.Scope.Session)
 	remote := s.rdb != nil
-	written := make(map[lkey]*entry, 2+len(b.DeletePending))
+	written := make([]keyEntry, 0, 3+len(b.DeletePending))
 	var touched []lkey
 	var rw *replayWrite
 
@@ -52,7 +52,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		k := lkey{kind: KindPending, tenant: tenant, id: strings.Clone(p.ResponseID)}
 		e := &entry{expires: now + int64(ttl), size: callsSize(calls), calls: calls, unconfirmed: remote}
 		t.putLocked(k, e)
-		written[k] = e
+		written = append(written, keyEntry{k, e})
 		touched = append(touched, k)
 	}
 	for _, id := range b.DeletePending {
@@ -61,7 +61,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		k := lkey{kind: KindPending, tenant: tenant, id: strings.Clone(id)}
 		e := &entry{expires: now + int64(s.cfg.ttl[KindPending]), size: entryOverhead, neg: true, unconfirmed: remote}
 		t.putLocked(k, e)
-		written[k] = e
+		written = append(written, keyEntry{k, e})
 		touched = append(touched, k)
 	}
 	if b.Anchor != nil {
@@ -69,13 +69,13 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		v := strings.Clone(*b.Anchor)
 		e := &entry{expires: now + int64(s.cfg.ttl[KindAnchor]), size: entryOverhead + len(v), anchor: v, neg: v == "", unconfirmed: remote}
 		t.putLocked(k, e)
-		written[k] = e
+		written = append(written, keyEntry{k, e})
 		touched = append(touched, k)
 	}
 	if b.touchesReplay() {
 		rw = s.applyReplayLocked(&b, lkey{kind: KindReplay, tenant: tenant, id: session}, now, remote)
 		if rw.entry != nil {
-			written[rw.key] = rw.entry
+			written = append(written, keyEntry{rw.key, rw.entry})
 		}
 		touched = append(touched, rw.key)
 	}

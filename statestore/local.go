@@ -227,13 +227,19 @@ func (t *localTier) flush() int {
 	return n
 }
 
+// keyEntry is an entry a commit wrote, with its key.
+type keyEntry struct {
+	k lkey
+	e *entry
+}
+
 // confirm marks the entries of a successful write as held by Redis, if they
 // are still the ones that write stored.
-func (t *localTier) confirm(written map[lkey]*entry) {
+func (t *localTier) confirm(written []keyEntry) {
 	t.mu.Lock()
-	for k, e := range written {
-		if cur, ok := t.lru.Peek(k); ok && cur == e {
-			e.unconfirmed = false
+	for _, w := range written {
+		if cur, ok := t.lru.Peek(w.k); ok && cur == w.e {
+			w.e.unconfirmed = false
 		}
 	}
 	t.mu.Unlock()

@@ -52,6 +52,11 @@ func newRedisClient(raw string) (redis.UniversalClient, string, error) {
 		}
 		o.ContextTimeoutEnabled = true
 		o.MaxRetries = -1 // the store retries itself, at most once
+		// Every command the store sends names its key (or shard channel), so
+		// slot routing suffices; the policy router would first fetch COMMAND
+		// info from a node, a round trip that the 50 ms deadline cannot
+		// afford on a fresh client.
+		o.DisableRoutingPolicies = true
 		o.DialerRetries = orInt(o.DialerRetries, 1)
 		o.DialTimeout = orDur(o.DialTimeout, socketTimeout)
 		o.ReadTimeout = orDur(o.ReadTimeout, socketTimeout)

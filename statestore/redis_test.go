@@ -87,6 +87,7 @@ var suite = []struct {
 	{"ReplayAcrossInstances", testReplayAcrossInstances},
 	{"ReplayCapWholeUnits", testReplayCap},
 	{"ScriptCacheFlushed", testScriptFlushed},
+	{"SlowRedis", testSlowRedis},
 	{"Concurrent", testConcurrent},
 	{"OutageAndRecovery", testOutage},
 }
@@ -435,6 +436,30 @@ func testScriptFlushed(t *testing.T, e *env) {
 	tr, r := b.Replay(ctx, sc)
 	require.Equal(t, Hit, r)
 	assert.Len(t, tr.Items, 1)
+}
+
+func testSlowRedis(t *testing.T, e *env) {
+	ctx := context.Background()
+	const opTimeout = 50 * time.Millisecond
+	a := e.store(t)
+	b := e.store(t, WithOpTimeout(opTimeout), WithBreaker(100, time.Second))
+	ten := tenant(t)
+	require.NoError(t, a.Commit(ctx, Batch{Scope: Scope{Tenant: ten}, PutPending: &PendingPut{ResponseID: "resp_1", Calls: calls1("c1")}}))
+	settle(t, a, b)
+	// CLIENT PAUSE stalls every client: Redis is up but does not answer.
+	pause := func(ctx context.Context, c *redis.Client) error { return c.Do(ctx, "client", "pause", 600, "all").Err() }
+	if cc, ok := e.raw.(*redis.ClusterClient); ok {
+		require.NoError(t, cc.ForEachMaster(ctx, pause))
+	} else {
+		require.NoError(t, pause(ctx, e.raw.(*redis.Client)))
+	}
+	start := time.Now()
+	_, r := b.Pending(ctx, ten, "resp_1")
+	took := time.Since(start)
+	assert.Equal(t, Unknown, r)
+	assert.Less(t, took, 2*opTimeout+150*time.Millisecond, "bounded by the deadline and one retry")
+	assert.Equal(t, 2.0, testutil.ToFloat64(b.metrics.redisErrors[opPending]), "one attempt and one retry")
+	eventually(t, 3*time.Second, func() bool { _, r := b.Pending(ctx, ten, "resp_1"); return r == Hit }, "answers again after the pause")
 }
 
 func testConcurrent(t *testing.T, e *env) {

@@ -1,0 +1,232 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"chainmend/emulator"
+)
+
+const secret = "sk-live-do-not-log-0123456789"
+
+// build compiles the gateway binary, with the debug tag when asked: the two builds of
+// SPEC §3 (release repairs, debug is strict).
+func build(t *testing.T, tags string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "gateway")
+	args := []string{"build", "-o", bin}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	cmd := exec.Command("go", append(args, ".")...)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return bin
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	addr string
+	mu   sync.Mutex
+	logs bytes.Buffer
+}
+
+func (p *proc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+var listenRe = regexp.MustCompile(`addr=(\S+)`)
+
+// start runs the binary and waits for it to listen.
+func start(t *testing.T, bin string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, append([]string{"--listen", "127.0.0.1:0"}, args...)...)}
+	p.cmd.Env = append(os.Environ(), env...)
+	stderr, err := p.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, p.cmd.Start())
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = p.cmd.Process.Kill()
+		}
+	})
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.logs.WriteString(line + "\n")
+			p.mu.Unlock()
+			if strings.Contains(line, "gateway listening") {
+				if m := listenRe.FindStringSubmatch(line); m != nil {
+					addr <- m[1]
+				}
+			}
+		}
+	}()
+	select {
+	case p.addr = <-addr:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("gateway did not start:\n%s", p.log())
+	}
+	return p
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// escConversation runs turn 1 (two calls) and the ESC turn (one output, no
+// previous_response_id) and returns the ESC turn's terminal or error frame.
+func escConversation(t *testing.T, addr string) map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+addr+"/v1/responses", &websocket.DialOptions{HTTPHeader: http.Header{
+		"Authorization": {"Bearer " + secret}, "Session-Id": {"bin-test-" + t.Name()}}})
+	require.NoError(t, err)
+	defer c.CloseNow()
+	c.SetReadLimit(64 << 20)
+	send := func(frame string) map[string]any {
+		require.NoError(t, c.Write(ctx, websocket.MessageText, []byte(frame)))
+		for {
+			_, data, err := c.Read(ctx)
+			require.NoError(t, err)
+			var ev map[string]any
+			require.NoError(t, json.Unmarshal(data, &ev))
+			switch ev["type"] {
+			case "error", "response.completed", "response.failed":
+				return ev
+			}
+		}
+	}
+	ev := send(`{"type":"response.create","model":"gpt-5","store":false,"input":[{"type":"message","role":"user","content":"go"}]}`)
+	require.Equal(t, "response.completed", ev["type"], "%v", ev)
+	return send(`{"type":"response.create","model":"gpt-5","store":false,"input":[{"type":"function_call_output","call_id":"call_A","output":"ok"},{"type":"message","role":"user","content":"next"}]}`)
+}
+
+func newEmulator(t *testing.T) *emulator.Emulator {
+	t.Helper()
+	return emulator.StartTest(t, emulator.WithScript(emulator.Cycle(
+		emulator.CallTurn(emulator.FunctionCallID("call_A", "exec", `{}`), emulator.FunctionCallID("call_B", "exec", `{}`)),
+		emulator.TextTurn("done"),
+	)))
+}
+
+// TestBuilds runs the ESC case through both builds of the real binary: the release build
+// repairs it, the debug build rejects it with invariant_violation naming the call.
+func TestBuilds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries")
+	}
+	for _, tc := range []struct {
+		name, tags string
+		strict     bool
+	}{
+		{"release", "", false},
+		{"debug", "debug", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			emu := newEmulator(t)
+			bin := build(t, tc.tags)
+			p := start(t, bin, nil, "--upstream", emu.URL(), "--policies", "../../policies")
+			code, _ := get(t, "http://"+p.addr+"/readyz")
+			assert.Equal(t, 200, code)
+			ev := escConversation(t, p.addr)
+			if tc.strict {
+				require.Equal(t, "error", ev["type"], "%v", ev)
+				assert.EqualValues(t, 400, ev["status"])
+				e := ev["error"].(map[string]any)
+				assert.Equal(t, "invariant_violation", e["code"])
+				assert.Contains(t, e["message"], "call_B")
+			} else {
+				require.Equal(t, "response.completed", ev["type"], "%v", ev)
+				creates := emu.Creates()
+				require.Len(t, creates, 2)
+				raw, err := creates[1].InputRaw()
+				require.NoError(t, err)
+				assert.Contains(t, string(bytes.Join(rawBytes(raw), nil)), `"aborted"`)
+			}
+			_, metrics := get(t, "http://"+p.addr+"/metrics")
+			assert.Contains(t, metrics, `chainmend_rule_fired_total{mode="`+map[bool]string{true: "strict", false: "repair"}[tc.strict]+`"`)
+			assert.NotContains(t, p.log(), secret, "the API key must never be logged")
+			assert.NotContains(t, metrics, secret)
+		})
+	}
+}
+
+func rawBytes(raw []json.RawMessage) [][]byte {
+	out := make([][]byte, len(raw))
+	for i, r := range raw {
+		out[i] = r
+	}
+	return out
+}
+
+// TestConfigAndReload: settings from a config file and the environment, /readyz, and a
+// SIGHUP reload of a broken set that leaves the last good set active.
+func TestConfigAndReload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries")
+	}
+	emu := newEmulator(t)
+	bin := build(t, "")
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policies")
+	require.NoError(t, os.MkdirAll(pol, 0o755))
+	for _, f := range []string{"10-normalizer.yaml", "20-recovery.yaml"} {
+		data, err := os.ReadFile(filepath.Join("../../policies", f))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(pol, f), data, 0o644))
+	}
+	cfg := filepath.Join(dir, "gateway.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("policies: "+pol+"\nmode: strict\nreload_poll: 1h\n"), 0o644))
+	// The environment overrides the file: repair, not strict.
+	p := start(t, bin, []string{"GATEWAY_MODE=repair", "GATEWAY_UPSTREAM=" + emu.URL()}, "--config", cfg)
+	assert.Contains(t, p.log(), "mode=repair")
+	ev := escConversation(t, p.addr)
+	require.Equal(t, "response.completed", ev["type"], "%v", ev)
+
+	require.NoError(t, os.WriteFile(filepath.Join(pol, "30-broken.yaml"), []byte("policy: broken\nrules:\n  - id: x\n    stage: pre_send\n    when: request.nope\n"), 0o644))
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		_, m := get(t, "http://"+p.addr+"/metrics")
+		return strings.Contains(m, "chainmend_policy_last_reload_successful 0")
+	}, 5*time.Second, 50*time.Millisecond)
+	assert.Contains(t, p.log(), "30-broken.yaml:5:19: when: undeclared reference to 'request.nope'")
+	code, _ := get(t, "http://"+p.addr+"/readyz")
+	assert.Equal(t, 200, code, "the last good set stays active")
+	ev = escConversation(t, p.addr)
+	require.Equal(t, "response.completed", ev["type"], "%v", ev)
+}

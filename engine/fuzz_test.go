@@ -1,0 +1,110 @@
+package engine_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"chainmend/engine"
+	"chainmend/responses"
+)
+
+// fuzzSeedDir is the FuzzCompile seed corpus that `go test` always runs (Go's testdata/fuzz
+// layout). It mirrors the default policies and the broken corpus; TestFuzzSeeds keeps it in
+// step (`go test ./engine/ -run TestFuzzSeeds -update` rewrites it).
+const fuzzSeedDir = "testdata/fuzz/FuzzCompile"
+
+// fuzzSeeds returns the seed name and bytes of every default and broken policy file.
+func fuzzSeeds(t testing.TB) map[string][]byte {
+	t.Helper()
+	seeds := map[string][]byte{}
+	for prefix, glob := range map[string]string{
+		"default-": filepath.Join(defaultPolicies, "*.yaml"),
+		"broken-":  filepath.Join("..", brokenDir, "*.yaml"),
+	} {
+		files, err := filepath.Glob(glob)
+		require.NoError(t, err)
+		require.NotEmpty(t, files, glob)
+		for _, f := range files {
+			data, err := os.ReadFile(f)
+			require.NoError(t, err)
+			seeds[prefix+strings.TrimSuffix(filepath.Base(f), ".yaml")] = data
+		}
+	}
+	return seeds
+}
+
+// corpusFile encodes one []byte input in the go fuzz corpus format.
+func corpusFile(data []byte) []byte {
+	return fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", data)
+}
+
+// TestFuzzSeeds: every default and broken policy is a stored FuzzCompile seed.
+func TestFuzzSeeds(t *testing.T) {
+	for name, data := range fuzzSeeds(t) {
+		path := filepath.Join(fuzzSeedDir, name)
+		if *update {
+			require.NoError(t, os.MkdirAll(fuzzSeedDir, 0o755))
+			require.NoError(t, os.WriteFile(path, corpusFile(data), 0o644))
+			continue
+		}
+		got, err := os.ReadFile(path)
+		if assert.NoError(t, err, "missing seed (run with -update)") {
+			assert.Equal(t, string(corpusFile(data)), string(got), "%s is stale (run with -update)", path)
+		}
+	}
+}
+
+// FuzzCompile feeds arbitrary bytes to the compiler as a policy file. It must never panic,
+// must refuse with at least one positioned error whenever it returns no snapshot, and a
+// snapshot it returns must evaluate both entry stages without panicking. A NUL byte splits
+// the input into two files, to reach the cross-file checks (duplicate ids, sub-stages, limits).
+func FuzzCompile(f *testing.F) {
+	for _, data := range fuzzSeeds(f) {
+		f.Add(data)
+	}
+	f.Add([]byte("policy: a\nrules:\n  - {id: x, stage: pre_send, when: 'true', actions: [{run_stage: s}]}\n\x00" +
+		"policy: b\nrules:\n  - {id: x, stage: s, when: 'true'}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var srcs []engine.Source
+		for i, part := range bytes.SplitN(data, []byte{0}, 2) {
+			srcs = append(srcs, engine.Source{Name: fmt.Sprintf("fuzz%d.yaml", i), Data: part})
+		}
+		snap, diags := engine.Compile(srcs)
+		for _, d := range diags {
+			if d.Pos.Line < 1 || d.Pos.Col < 1 || !strings.HasPrefix(d.Pos.File, "fuzz") {
+				t.Errorf("diagnostic without a file position: %q", d.String())
+			}
+		}
+		if snap == nil {
+			if !diags.HasErrors() {
+				t.Fatalf("no snapshot and no error: %q", diags.Error())
+			}
+			return
+		}
+		if diags.HasErrors() {
+			t.Fatalf("a snapshot despite errors: %q", diags.Error())
+		}
+		for _, stage := range []string{engine.StagePreSend, engine.StageOnUpstreamError} {
+			req, err := responses.Parse([]byte(create("resp_1", fc("call_a"), fco("call_b", "ok"), msg("user", "hi"))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			turn := &engine.Turn{Request: req, Mode: engine.ModeStrict, Transport: engine.TransportWebSocket, Number: 2,
+				Expected: "resp_1", Pending: engine.Pending{Known: true, ResponseID: "resp_1", Calls: []engine.PendingCall{{ID: "call_b", Kind: "custom_tool_call"}}},
+				Replay:   engine.Replay{Available: true, LastResponseID: "resp_1", Items: nil},
+				Error:    &engine.UpstreamError{Status: 400, Code: "previous_response_not_found"}, Recovery: engine.Recovery{Enabled: true}}
+			out := snap.Evaluate(stage, turn, engine.WithDiffs())
+			if _, err := responses.Parse(turn.Request.Bytes()); err != nil {
+				t.Fatalf("stage %s left an unparsable request: %v\n%s", stage, err, turn.Request.Bytes())
+			}
+			_ = out
+		}
+	})
+}
