@@ -19,8 +19,25 @@ var update = flag.Bool("update", false, "rewrite golden files and the FuzzCompil
 
 // brokenDir is the broken corpus, relative to the repository root. The test runs from the root
 // so that diagnostics name files the way `policyctl validate testdata/policies/broken/X.yaml`
-// prints them.
-const brokenDir = "testdata/policies/broken"
+// prints them. Files whose golden the engine does not meet yet (open bugs) live in
+// knownBugsDir, so that other users of the corpus (policyctl's tests) see only goldens the
+// engine meets; fixing the bug means moving the file and its golden up.
+const (
+	brokenDir    = "testdata/policies/broken"
+	knownBugsDir = brokenDir + "/known-bugs"
+)
+
+// brokenFiles lists the corpus: brokenDir/*.yaml and knownBugsDir/*.yaml.
+func brokenFiles(t testing.TB, root string) []string {
+	t.Helper()
+	var files []string
+	for _, dir := range []string{brokenDir, knownBugsDir} {
+		fs, err := filepath.Glob(filepath.Join(root, dir, "*.yaml"))
+		require.NoError(t, err)
+		files = append(files, fs...)
+	}
+	return files
+}
 
 // brokenCase is one file of the broken corpus. at lists, for each diagnostic in order, the text
 // its column must land on in the file's line ("" means the end of the line). bug names a known
@@ -33,8 +50,9 @@ type brokenCase struct {
 }
 
 var brokenCases = []brokenCase{
-	{file: "yaml_syntax.yaml", at: []string{"&& false"},
-		bug: "YAML syntax errors: go.yaml.in/yaml/v3 reports only a line (for parser errors the 0-based line of the enclosing context), so the engine prints column 1"},
+	{file: "yaml_syntax.yaml", at: []string{"&& false"}},
+	{file: "yaml_unclosed_flow.yaml", at: []string{"[drop_previous_response_id"}},
+	{file: "yaml_bad_indent.yaml", at: []string{"then: stop"}},
 	{file: "empty.yaml", at: []string{""}},
 	{file: "unknown_top_field.yaml", at: []string{"rule:"}},
 	{file: "unknown_rule_field.yaml", at: []string{"descripton:"}},
@@ -50,12 +68,9 @@ var brokenCases = []brokenCase{
 	{file: "misspelled_field.yaml", at: []string{`previous_respons_id == ""`}},
 	{file: "error_var_in_pre_send.yaml", at: []string{"error.code"}},
 	{file: "quoted_error.yaml", at: []string{"is_respons_id("}},
-	{file: "quoted_escape_error.yaml", at: []string{`stor_disabled"`},
-		bug: `double-quoted when: columns after a YAML escape (\") are shifted by the escapes' extra characters`},
-	{file: "single_quoted_error.yaml", at: []string{`mod == "strict"`},
-		bug: `single-quoted when: columns after a doubled quote ('') are shifted by one per doubled quote`},
-	{file: "plain_multiline_error.yaml", at: []string{"outptus) > 0"},
-		bug: "a plain (or quoted) scalar folded over several lines: an error on a continuation line is reported on the first line, past its end"},
+	{file: "quoted_escape_error.yaml", at: []string{`stor_disabled"`}},
+	{file: "single_quoted_error.yaml", at: []string{`mod == "strict"`}},
+	{file: "plain_multiline_error.yaml", at: []string{"outptus) > 0"}},
 	{file: "block_folded_error.yaml", at: []string{"outptus) > 0"}},
 	{file: "block_literal_error.yaml", at: []string{`+ "1" > 2`}},
 	{file: "duplicate_id.yaml", at: []string{"id: same"}},
@@ -63,8 +78,7 @@ var brokenCases = []brokenCase{
 	{file: "unknown_stage.yaml", at: []string{"pre_sned"}},
 	{file: "action_not_allowed.yaml", at: []string{"retry"}},
 	{file: "run_stage_no_rules.yaml", at: []string{"run_stage: paring"}},
-	{file: "run_stage_cycle.yaml", at: []string{"run_stage: stage_a"},
-		bug: "run_stage cycle: reported at the first run_stage that reaches the cycle (enter-a, outside it) instead of the run_stage that closes it (b-to-a)"},
+	{file: "run_stage_cycle.yaml", at: []string{"run_stage: stage_a"}},
 	{file: "missing_when.yaml", at: []string{"id: no-when"}},
 	{file: "bad_then.yaml", at: []string{"halt"}},
 	{file: "bad_reason.yaml", at: []string{"Prev-Dropped!"}},
@@ -75,12 +89,15 @@ func TestBrokenPolicies(t *testing.T) {
 	require.NoError(t, err)
 	t.Chdir(root)
 
-	files, err := filepath.Glob(filepath.Join(brokenDir, "*.yaml"))
+	files := brokenFiles(t, "")
+	main, err := filepath.Glob(filepath.Join(brokenDir, "*.yaml"))
 	require.NoError(t, err)
-	require.GreaterOrEqual(t, len(files), 14, "the broken corpus needs at least 14 files")
+	require.GreaterOrEqual(t, len(main), 14, "the broken corpus needs at least 14 files")
 	var listed []string
 	for _, c := range brokenCases {
 		listed = append(listed, filepath.Join(brokenDir, c.file))
+		inKnownBugs := strings.HasPrefix(c.file, "known-bugs/")
+		assert.Equal(t, c.bug != "", inKnownBugs, "%s: files with a bug mark, and only those, belong in %s", c.file, knownBugsDir)
 	}
 	for _, f := range files {
 		assert.Contains(t, listed, f, "%s has no entry in brokenCases", f)
@@ -165,18 +182,22 @@ func checkDiagnostics(path string, diags engine.Diagnostics, at []string) []stri
 
 // TestBrokenGoldensAreExact guards the golden format: one `file:line:col: message` per line.
 func TestBrokenGoldensAreExact(t *testing.T) {
-	goldens, err := filepath.Glob(filepath.Join("..", brokenDir, "*.golden"))
-	require.NoError(t, err)
+	var goldens []string
+	for _, dir := range []string{brokenDir, knownBugsDir} {
+		gs, err := filepath.Glob(filepath.Join("..", dir, "*.golden"))
+		require.NoError(t, err)
+		goldens = append(goldens, gs...)
+	}
 	require.GreaterOrEqual(t, len(goldens), 14)
 	for _, g := range goldens {
 		data, err := os.ReadFile(g)
 		require.NoError(t, err)
-		yaml := strings.TrimSuffix(filepath.Base(g), ".golden") + ".yaml"
-		require.FileExists(t, filepath.Join("..", brokenDir, yaml), "golden without a policy file")
+		yaml := strings.TrimSuffix(g, ".golden") + ".yaml"
+		require.FileExists(t, yaml, "golden without a policy file")
 		lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n")
 		require.NotEmpty(t, lines)
 		for _, l := range lines {
-			prefix := brokenDir + "/" + yaml + ":"
+			prefix := strings.TrimPrefix(filepath.ToSlash(yaml), "../") + ":"
 			require.True(t, strings.HasPrefix(l, prefix), "%s: %q does not start with %q", g, l, prefix)
 			var line, col int
 			var msg string

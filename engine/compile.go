@@ -188,10 +188,11 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 		}
 		for _, r := range p.Rules {
 			if first, dup := ids[r.ID]; dup {
+				// Keep checking the rule: its other errors should not wait for the rename.
 				sink.errorf(r.Pos, "duplicate rule id %q (first defined at %s)", r.ID, first)
-				continue
+			} else {
+				ids[r.ID] = r.Pos
 			}
-			ids[r.ID] = r.Pos
 			entry := r.Stage == StagePreSend || r.Stage == StageOnUpstreamError
 			if !entry && len(entered[r.Stage]) == 0 {
 				sink.errorf(r.stagePos, "unknown stage %q (entry stages: %s, %s; other stages must be entered with run_stage)", r.Stage, StagePreSend, StageOnUpstreamError)
@@ -247,6 +248,7 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 		}
 	}
 	checkCycles(snap, &sink)
+	checkSubStageActions(snap, &sink)
 	lintReachability(snap, &sink)
 	for name, pos := range declared {
 		used := slices.ContainsFunc(snap.rules, func(r *compiledRule) bool { return r.Reason == name })
@@ -343,16 +345,27 @@ func refersToContext(a *ast.AST) bool {
 	return false
 }
 
-// checkCycles refuses run_stage loops, which would never end.
-func checkCycles(s *Snapshot, sink *diagSink) {
-	edges := map[string][]string{}
+type stageEdge struct {
+	to  string
+	pos Pos
+}
+
+func stageEdges(s *Snapshot) map[string][]stageEdge {
+	edges := map[string][]stageEdge{}
 	for _, r := range s.rules {
 		for _, a := range r.actions {
 			if a.Kind == ActRunStage {
-				edges[r.Stage] = append(edges[r.Stage], a.Word)
+				edges[r.Stage] = append(edges[r.Stage], stageEdge{to: a.Word, pos: a.Pos})
 			}
 		}
 	}
+	return edges
+}
+
+// checkCycles refuses run_stage loops, which would never end, at the run_stage that closes
+// the loop.
+func checkCycles(s *Snapshot, sink *diagSink) {
+	edges := stageEdges(s)
 	const (
 		unvisited = iota
 		visiting
@@ -361,29 +374,71 @@ func checkCycles(s *Snapshot, sink *diagSink) {
 	state := map[string]int{}
 	var visit func(string) bool
 	visit = func(n string) bool {
-		switch state[n] {
-		case visiting:
-			return true
-		case done:
-			return false
-		}
 		state[n] = visiting
-		for _, m := range edges[n] {
-			if visit(m) {
+		for _, e := range edges[n] {
+			switch state[e.to] {
+			case visiting:
+				sink.errorf(e.pos, "run_stage %q forms a cycle", e.to)
 				return true
+			case unvisited:
+				if visit(e.to) {
+					return true
+				}
 			}
 		}
 		state[n] = done
 		return false
 	}
-	for _, r := range s.rules {
-		for _, a := range r.actions {
-			if a.Kind == ActRunStage && visit(a.Word) {
-				sink.errorf(a.Pos, "run_stage %q forms a cycle", a.Word)
-				return
+	stages := make([]string, 0, len(edges))
+	for st := range edges {
+		stages = append(stages, st)
+	}
+	sort.Strings(stages)
+	for _, st := range stages {
+		if state[st] == unvisited && visit(st) {
+			return
+		}
+	}
+}
+
+// checkSubStageActions applies the entry-stage limits of actions (retry only where an
+// upstream error is recovered, reject only before sending) to the sub-stages each entry
+// stage reaches through run_stage.
+func checkSubStageActions(s *Snapshot, sink *diagSink) {
+	edges := stageEdges(s)
+	for _, entry := range []string{StagePreSend, StageOnUpstreamError} {
+		seen := map[string]bool{entry: true}
+		queue := []string{entry}
+		for len(queue) > 0 {
+			st := queue[0]
+			queue = queue[1:]
+			for _, e := range edges[st] {
+				if !seen[e.to] {
+					seen[e.to] = true
+					queue = append(queue, e.to)
+				}
+			}
+		}
+		for st := range seen {
+			if st == entry {
+				continue
+			}
+			for _, r := range s.stages[st] {
+				for _, a := range r.actions {
+					if a.spec.stages != nil && !slices.Contains(a.spec.stages, entry) && !allowedElsewhere(a.spec, entry) {
+						sink.errorf(a.Pos, "action %s is not allowed in stage %s (entered from %s; only in %s)",
+							a.Kind, st, entry, strings.Join(a.spec.stages, ", "))
+					}
+				}
 			}
 		}
 	}
+}
+
+// allowedElsewhere exempts reject under on_upstream_error: a shared pairing stage may
+// reject in strict mode, and the gateway answers the client with that rejection.
+func allowedElsewhere(spec actionSpec, entry string) bool {
+	return spec.kind == ActReject && entry == StageOnUpstreamError
 }
 
 // lintReachability finds rules that follow an unconditional stop in their stage, or an

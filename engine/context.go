@@ -207,12 +207,18 @@ type activation struct {
 	version uint64
 	valid   bool
 	// within is true while every sized value is within its static size hint.
-	within  bool
-	prev    ref.Val
-	facts   *responses.Facts
-	lists   map[string]ref.Val
-	pending ref.Val
-	kinds   ref.Val
+	within bool
+	prev   ref.Val
+	facts  *responses.Facts
+	// cache holds resolved values by variable index until the request or the turn changes
+	// (invalidate): rules read the same few names over and over, and boxing a Go string
+	// into a CEL value allocates.
+	cache []ref.Val
+}
+
+// invalidate forgets every cached value; actions call it after changing the turn.
+func (a *activation) invalidate() {
+	a.valid = false
 }
 
 var _ interpreter.Activation = (*activation)(nil)
@@ -227,7 +233,10 @@ func (a *activation) refresh() {
 	a.version = a.t.Request.Version()
 	a.prev = nil
 	a.facts = nil
-	clear(a.lists)
+	if a.cache == nil {
+		a.cache = make([]ref.Val, len(variables))
+	}
+	clear(a.cache)
 	a.within = a.checkHints()
 }
 
@@ -271,19 +280,11 @@ func (a *activation) checkHints() bool {
 	return true
 }
 
-func (a *activation) list(name string, f func(*responses.Facts) []string) ref.Val {
-	if v, ok := a.lists[name]; ok {
-		return v
-	}
+func (a *activation) list(f func(*responses.Facts) []string) ref.Val {
 	if a.facts == nil {
 		a.facts = a.t.Request.Facts()
 	}
-	v := stringList(f(a.facts))
-	if a.lists == nil {
-		a.lists = make(map[string]ref.Val, 8)
-	}
-	a.lists[name] = v
-	return v
+	return stringList(f(a.facts))
 }
 
 func (a *activation) prevID() ref.Val {
@@ -292,6 +293,14 @@ func (a *activation) prevID() ref.Val {
 	}
 	return a.prev
 }
+
+var variableIndex = func() map[string]int {
+	m := make(map[string]int, len(variables))
+	for i, v := range variables {
+		m[v.name] = i
+	}
+	return m
+}()
 
 var emptyList = types.NewRefValList(types.DefaultTypeAdapter, nil)
 
@@ -317,9 +326,24 @@ func boolVal(b bool) ref.Val {
 
 // ResolveName implements interpreter.Activation.
 func (a *activation) ResolveName(name string) (any, bool) {
+	idx, ok := variableIndex[name]
+	if !ok {
+		return nil, false
+	}
+	a.refresh()
+	if v := a.cache[idx]; v != nil {
+		return v, true
+	}
+	v, ok := a.resolve(name)
+	if ok {
+		a.cache[idx] = v
+	}
+	return v, ok
+}
+
+func (a *activation) resolve(name string) (ref.Val, bool) {
 	t := a.t
 	r := t.Request
-	a.refresh()
 	switch name {
 	case "request.type":
 		return types.String(r.Type()), true
@@ -337,19 +361,19 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	case "request.has_input":
 		return boolVal(r.HasInput()), true
 	case "request.calls":
-		return a.list(name, func(f *responses.Facts) []string { return f.Calls }), true
+		return a.list(func(f *responses.Facts) []string { return f.Calls }), true
 	case "request.outputs":
-		return a.list(name, func(f *responses.Facts) []string { return f.Outputs }), true
+		return a.list(func(f *responses.Facts) []string { return f.Outputs }), true
 	case "request.unanswered_calls":
-		return a.list(name, func(f *responses.Facts) []string { return f.Unanswered }), true
+		return a.list(func(f *responses.Facts) []string { return f.Unanswered }), true
 	case "request.orphan_outputs":
-		return a.list(name, func(f *responses.Facts) []string { return f.Orphans }), true
+		return a.list(func(f *responses.Facts) []string { return f.Orphans }), true
 	case "request.duplicate_outputs":
-		return a.list(name, func(f *responses.Facts) []string { return f.Duplicates }), true
+		return a.list(func(f *responses.Facts) []string { return f.Duplicates }), true
 	case "request.roles":
-		return a.list(name, func(f *responses.Facts) []string { return f.Roles }), true
+		return a.list(func(f *responses.Facts) []string { return f.Roles }), true
 	case "request.item_types":
-		return a.list(name, func(f *responses.Facts) []string { return f.Types }), true
+		return a.list(func(f *responses.Facts) []string { return f.Types }), true
 	case "request.fields":
 		return stringList(r.Keys()), true
 	case "request.changed_fields":
@@ -371,23 +395,17 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	case "pending.response_id":
 		return types.String(t.Pending.ResponseID), true
 	case "pending.calls":
-		if a.pending == nil {
-			ids := make([]string, len(t.Pending.Calls))
-			for i, c := range t.Pending.Calls {
-				ids[i] = c.ID
-			}
-			a.pending = stringList(ids)
+		ids := make([]string, len(t.Pending.Calls))
+		for i, c := range t.Pending.Calls {
+			ids[i] = c.ID
 		}
-		return a.pending, true
+		return stringList(ids), true
 	case "pending.kinds":
-		if a.kinds == nil {
-			m := make(map[string]string, len(t.Pending.Calls))
-			for _, c := range t.Pending.Calls {
-				m[c.ID] = c.Kind
-			}
-			a.kinds = types.NewStringStringMap(types.DefaultTypeAdapter, m)
+		m := make(map[string]string, len(t.Pending.Calls))
+		for _, c := range t.Pending.Calls {
+			m[c.ID] = c.Kind
 		}
-		return a.kinds, true
+		return types.NewStringStringMap(types.DefaultTypeAdapter, m), true
 	case "replay.available":
 		return boolVal(t.Replay.Available), true
 	case "replay.complete":

@@ -5,6 +5,7 @@ import (
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/cost"
+	"cel.dev/cel-go/common/decls"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/common/types/traits"
@@ -26,12 +27,14 @@ func newEnv(withError bool) (*cel.Env, error) {
 		ext.Lists(),
 		ext.Bindings(),
 		cel.CrossTypeNumericComparisons(true),
+		// The checker proves both arguments are lists of strings; the runtime guard would
+		// walk every element again on every call.
 		cel.Function("without",
 			cel.Overload("without_list_list", []*cel.Type{listOfStrings, listOfStrings}, listOfStrings,
-				cel.BinaryBinding(withoutImpl))),
+				cel.BinaryBinding(withoutImpl)), decls.DisableTypeGuards(true)),
 		cel.Function("intersect",
 			cel.Overload("intersect_list_list", []*cel.Type{listOfStrings, listOfStrings}, listOfStrings,
-				cel.BinaryBinding(intersectImpl))),
+				cel.BinaryBinding(intersectImpl)), decls.DisableTypeGuards(true)),
 		cel.Function("is_response_id",
 			cel.Overload("is_response_id_string", []*cel.Type{cel.StringType}, cel.BoolType,
 				cel.UnaryBinding(func(v ref.Val) ref.Val {
@@ -114,6 +117,16 @@ func (estimator) EstimateCallCost(function, _ string, target *cost.AstNode, args
 		return cost.NewCallEstimate(work, &res)
 	case "is_response_id":
 		return cost.NewCallEstimate(cost.FixedCostEstimate(1), nil)
+	case "string":
+		// A number's decimal form is short; the default estimate treats the result as
+		// unbounded and refuses every expression that prints one.
+		if len(args) == 1 {
+			switch args[0].Type().Kind() {
+			case types.IntKind, types.UintKind, types.DoubleKind, types.BoolKind:
+				sz := cost.RangedSizeEstimate(1, 32)
+				return cost.NewCallEstimate(cost.FixedCostEstimate(1), &sz)
+			}
+		}
 	}
 	return nil
 }

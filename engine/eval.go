@@ -192,7 +192,8 @@ func (ev *evaluator) runStage(stage string, depth int) {
 		if step != nil {
 			step.Fired = true
 		}
-		if r.Group != "" {
+		if r.Group != "" && !r.Shadow {
+			// A shadow rule is watched, not enforced: its match must not decide the group.
 			ev.groups = append(ev.groups, r.Group)
 		}
 		if r.Shadow {
@@ -231,8 +232,22 @@ func (ev *evaluator) fail(err error) {
 	ev.done = true
 }
 
+// exprError is a runtime error of one expression, with the expression's position.
+type exprError struct {
+	pos Pos
+	err error
+}
+
+func (e *exprError) Error() string { return e.pos.String() + ": " + e.err.Error() }
+func (e *exprError) Unwrap() error { return e.err }
+
 func (ev *evaluator) ruleError(r *compiledRule, step *Step, err error) {
-	msg := fmt.Sprintf("%s: rule %s: %v", r.When.Pos, r.ID, err)
+	pos := r.When.Pos
+	var ee *exprError
+	if errors.As(err, &ee) {
+		pos, err = ee.pos, ee.err
+	}
+	msg := fmt.Sprintf("%s: rule %s: %v", pos, r.ID, err)
 	if step != nil {
 		step.Err = msg
 	}
@@ -248,7 +263,7 @@ func (ev *evaluator) eval(p *program) (ref.Val, error) {
 	if !ev.cfg.trace && ev.out.Cost+p.max <= ev.s.TurnCost && ev.act.withinHints() {
 		v, _, err := p.fast.Eval(&ev.act)
 		if err != nil {
-			return nil, err
+			return nil, &exprError{pos: p.pos, err: err}
 		}
 		// The static bound stands in for the cost the fast build does not track.
 		ev.out.Cost += p.max
@@ -261,7 +276,7 @@ func (ev *evaluator) eval(p *program) (ref.Val, error) {
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, &exprError{pos: p.pos, err: err}
 	}
 	if ev.out.Cost > ev.s.TurnCost {
 		return nil, fmt.Errorf("%w: %d > %d", ErrTurnCost, ev.out.Cost, ev.s.TurnCost)
@@ -327,7 +342,7 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 	t, req := ev.t, ev.t.Request
 	argErr := func(err error) (string, bool) {
 		ev.ruleError(r, nil, err)
-		return err.Error(), false
+		return fmt.Sprintf("action %s: %v", a.Kind, err), false
 	}
 	switch a.Kind {
 	case ActSetPrev:
@@ -400,7 +415,7 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 	case ActClearAnchor:
 		t.Expected = ""
 		t.Pending = Pending{}
-		ev.act.pending, ev.act.kinds = nil, nil
+		ev.act.invalidate()
 		ev.out.ClearAnchor = true
 		return "anchor cleared", true
 	case ActRunStage:
@@ -412,6 +427,7 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 			return argErr(err)
 		}
 		t.Error.Class = v
+		ev.act.invalidate()
 		return "class " + v, true
 	case ActRetry:
 		ev.out.Verdict = VerdictRetry
@@ -429,6 +445,10 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 // items, without previous_response_id.
 func (ev *evaluator) replay() (string, bool) {
 	t := ev.t
+	if t.Replayed {
+		// The request is already a full create; a second replay would send the context twice.
+		return "already replayed", false
+	}
 	if !t.Replay.Available {
 		return "no replay transcript", false
 	}
@@ -447,6 +467,7 @@ func (ev *evaluator) replay() (string, bool) {
 	t.Request.ReplaceInput(full)
 	t.Request.Delete("previous_response_id")
 	t.Replayed = true
+	ev.act.invalidate()
 	return fmt.Sprintf("full create: %d replayed + %d new item(s)", len(items), len(own)), true
 }
 

@@ -53,6 +53,14 @@ func TestRuleOrdering(t *testing.T) {
 	}
 	assert.Equal(t, []string{"set-prev", "sees-prev", "sees-output", "sees-drop", "never-set"}, order)
 	assert.False(t, step(t, out, "never-set").Value)
+
+	// WithDiffs records the request around each fired rule.
+	turn = newTurn(t, create("", msg("user", "hi")))
+	out = snap.Evaluate(engine.StagePreSend, turn, engine.WithDiffs())
+	s := step(t, out, "set-prev")
+	assert.NotContains(t, string(s.Before), "resp_1")
+	assert.Contains(t, string(s.After), `"previous_response_id":"resp_1"`)
+	assert.Equal(t, string(s.After), string(step(t, out, "sees-prev").Before))
 }
 
 // TestThenStop: a fired rule with then: stop ends its stage; continue (the default) does not.
@@ -343,6 +351,21 @@ func TestRunStage(t *testing.T) {
 			assert.Equal(t, engine.ActRunStage, acts[0].Kind)
 		})
 	}
+	t.Run("nesting deeper than the bound stops the turn", func(t *testing.T) {
+		var b strings.Builder
+		b.WriteString("  - {id: enter, stage: pre_send, when: 'true', actions: [{set_previous_response_id: '\"resp_kept\"'}, {run_stage: s0}]}\n")
+		for i := range 12 {
+			fmt.Fprintf(&b, "  - {id: r%d, stage: s%d, when: 'true', actions: [{run_stage: s%d}]}\n", i, i, i+1)
+		}
+		b.WriteString("  - {id: r12, stage: s12, when: 'true'}\n")
+		deep := compileRules(t, b.String())
+		turn := newTurn(t, create("", msg("user", "hi")))
+		out := deep.Evaluate(engine.StagePreSend, turn)
+		require.Error(t, out.Err)
+		assert.Contains(t, out.Err.Error(), "nested deeper")
+		assert.Equal(t, "resp_kept", turn.Request.PreviousResponseID())
+		assert.NotContains(t, firedRules(out), "r12")
+	})
 	t.Run("sub-stage rules are not entry rules", func(t *testing.T) {
 		out := snap.Evaluate("sub", newTurn(t, create("", fc("call_a"))))
 		assert.Equal(t, []string{"sub-one", "sub-last"}, firedRules(out))

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -24,21 +25,24 @@ const fuzzSeedDir = "testdata/fuzz/FuzzCompile"
 func fuzzSeeds(t testing.TB) map[string][]byte {
 	t.Helper()
 	seeds := map[string][]byte{}
-	for prefix, glob := range map[string]string{
-		"default-": filepath.Join(defaultPolicies, "*.yaml"),
-		"broken-":  filepath.Join("..", brokenDir, "*.yaml"),
-	} {
-		files, err := filepath.Glob(glob)
+	defaults, err := filepath.Glob(filepath.Join(defaultPolicies, "*.yaml"))
+	require.NoError(t, err)
+	require.NotEmpty(t, defaults)
+	for _, f := range defaults {
+		data, err := os.ReadFile(f)
 		require.NoError(t, err)
-		require.NotEmpty(t, files, glob)
-		for _, f := range files {
-			data, err := os.ReadFile(f)
-			require.NoError(t, err)
-			seeds[prefix+strings.TrimSuffix(filepath.Base(f), ".yaml")] = data
-		}
+		seeds["default-"+strings.TrimSuffix(filepath.Base(f), ".yaml")] = data
+	}
+	for _, f := range brokenFiles(t, "..") {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		seeds["broken-"+strings.TrimSuffix(filepath.Base(f), ".yaml")] = data
 	}
 	return seeds
 }
+
+// fuzzStall bounds one FuzzCompile input; a slower one is a bug (a policy that stalls reload).
+const fuzzStall = 10 * time.Second
 
 // corpusFile encodes one []byte input in the go fuzz corpus format.
 func corpusFile(data []byte) []byte {
@@ -72,6 +76,12 @@ func FuzzCompile(f *testing.F) {
 	f.Add([]byte("policy: a\nrules:\n  - {id: x, stage: pre_send, when: 'true', actions: [{run_stage: s}]}\n\x00" +
 		"policy: b\nrules:\n  - {id: x, stage: s, when: 'true'}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// A policy file must not stall the loader: a hang kills the worker, so the fuzzer
+		// records the input as a crasher.
+		watchdog := time.AfterFunc(fuzzStall, func() {
+			panic(fmt.Sprintf("compile+evaluate of a %d-byte policy took over %s: %q", len(data), fuzzStall, data))
+		})
+		defer watchdog.Stop()
 		var srcs []engine.Source
 		for i, part := range bytes.SplitN(data, []byte{0}, 2) {
 			srcs = append(srcs, engine.Source{Name: fmt.Sprintf("fuzz%d.yaml", i), Data: part})
@@ -98,8 +108,8 @@ func FuzzCompile(f *testing.F) {
 			}
 			turn := &engine.Turn{Request: req, Mode: engine.ModeStrict, Transport: engine.TransportWebSocket, Number: 2,
 				Expected: "resp_1", Pending: engine.Pending{Known: true, ResponseID: "resp_1", Calls: []engine.PendingCall{{ID: "call_b", Kind: "custom_tool_call"}}},
-				Replay:   engine.Replay{Available: true, LastResponseID: "resp_1", Items: nil},
-				Error:    &engine.UpstreamError{Status: 400, Code: "previous_response_not_found"}, Recovery: engine.Recovery{Enabled: true}}
+				Replay: engine.Replay{Available: true, LastResponseID: "resp_1", Items: nil},
+				Error:  &engine.UpstreamError{Status: 400, Code: "previous_response_not_found"}, Recovery: engine.Recovery{Enabled: true}}
 			out := snap.Evaluate(stage, turn, engine.WithDiffs())
 			if _, err := responses.Parse(turn.Request.Bytes()); err != nil {
 				t.Fatalf("stage %s left an unparsable request: %v\n%s", stage, err, turn.Request.Bytes())

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -38,6 +40,9 @@ type Expr struct {
 	lineBase, colBase int
 	// block is true for YAML block scalars, whose lines keep their own indentation.
 	block bool
+	// srcMap gives the file position of each rune of Text, for flow scalars (plain and
+	// quoted), whose folding and escapes move characters away from where CEL counts them.
+	srcMap []Pos
 }
 
 // Limits are the CEL cost limits a policy file declares.
@@ -122,12 +127,15 @@ func parsePolicy(src Source, sink *diagSink) *Policy {
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(src.Data))
 	if err := dec.Decode(&doc); err != nil {
-		sink.errorf(yamlErrPos(file, err), "yaml: %s", yamlErrMsg(err))
+		sink.errorf(locateYAMLError(src.Data, yamlErrPos(file, err)), "yaml: %s", yamlErrMsg(err))
 		return nil
 	}
 	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
+	switch err := dec.Decode(&extra); {
+	case err == nil:
 		sink.errorf(Pos{File: file, Line: extra.Line, Col: extra.Column}, "a policy file holds one YAML document")
+	case !errors.Is(err, io.EOF):
+		sink.errorf(locateYAMLError(src.Data, yamlErrPos(file, err)), "yaml: %s", yamlErrMsg(err))
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		sink.errorf(Pos{File: file, Line: 1, Col: 1}, "empty policy file")
@@ -445,9 +453,11 @@ func exprOf(n *yaml.Node, sink *diagSink, file, name string) Expr {
 	case yaml.DoubleQuotedStyle, yaml.SingleQuotedStyle:
 		e.lineBase = n.Line - 1
 		e.colBase = n.Column
+		e.srcMap = flowSourceMap(sink.lines, n, file)
 	default:
 		e.lineBase = n.Line - 1
 		e.colBase = n.Column - 1
+		e.srcMap = flowSourceMap(sink.lines, n, file)
 	}
 	if n.Tag != "!!str" && n.Tag != "" {
 		// `when: true` is a YAML bool; CEL reads the same text.
@@ -461,6 +471,24 @@ func (e Expr) position(line, col int) Pos {
 	if line <= 0 {
 		return e.Pos
 	}
+	if e.srcMap != nil {
+		off := 0
+		for i, l := range strings.Split(e.Text, "\n") {
+			if i == line-1 {
+				break
+			}
+			off += utf8.RuneCountInString(l) + 1
+		}
+		off += col
+		switch {
+		case off < len(e.srcMap):
+			return e.srcMap[off]
+		case len(e.srcMap) > 0:
+			last := e.srcMap[len(e.srcMap)-1]
+			last.Col += off - len(e.srcMap) + 1
+			return last
+		}
+	}
 	if e.block {
 		// Block lines are indented by the scalar's indentation, which CEL saw stripped.
 		return Pos{File: e.Pos.File, Line: e.lineBase + line, Col: e.colBase + col + 1}
@@ -469,6 +497,87 @@ func (e Expr) position(line, col int) Pos {
 		return Pos{File: e.Pos.File, Line: e.lineBase + line, Col: e.colBase + col + 1}
 	}
 	return Pos{File: e.Pos.File, Line: e.lineBase + line, Col: col + 1}
+}
+
+// flowSourceMap finds, for each rune of a flow scalar's value, where it stands in the file:
+// folded line breaks, indentation and escapes are walked over the way YAML read them.
+func flowSourceMap(lines []string, n *yaml.Node, file string) []Pos {
+	if n.Line <= 0 || n.Line > len(lines) {
+		return nil
+	}
+	src := make([][]rune, len(lines))
+	for i, l := range lines {
+		src[i] = []rune(strings.TrimRight(l, "\r"))
+	}
+	l, c := n.Line-1, n.Column-1
+	var quote rune
+	switch n.Style {
+	case yaml.DoubleQuotedStyle:
+		quote = '"'
+	case yaml.SingleQuotedStyle:
+		quote = '\''
+	}
+	if quote != 0 {
+		c++
+	}
+	at := func() (rune, bool) {
+		if l >= len(src) {
+			return 0, false
+		}
+		if c >= len(src[l]) {
+			return '\n', true
+		}
+		return src[l][c], true
+	}
+	advance := func() {
+		if l < len(src) && c >= len(src[l]) {
+			l, c = l+1, 0
+			return
+		}
+		c++
+	}
+	value := []rune(n.Value)
+	out := make([]Pos, len(value))
+	for i, v := range value {
+		cur, ok := at()
+		if !ok {
+			return nil
+		}
+		if v != ' ' && v != '\t' && v != '\n' || (quote == '"' && cur == '\\') {
+			// Walk over what folding removed: indentation and line breaks.
+			for ok && (cur == ' ' || cur == '\t' || cur == '\n') && !(quote == '"' && cur == '\\') {
+				advance()
+				cur, ok = at()
+			}
+			if !ok {
+				return nil
+			}
+		}
+		out[i] = Pos{File: file, Line: l + 1, Col: c + 1}
+		switch {
+		case quote == '"' && cur == '\\':
+			width := 2
+			if c+1 < len(src[l]) {
+				switch src[l][c+1] {
+				case 'x':
+					width = 4
+				case 'u':
+					width = 6
+				case 'U':
+					width = 10
+				}
+			}
+			for k := 0; k < width; k++ {
+				advance()
+			}
+		case quote == '\'' && cur == '\'':
+			advance()
+			advance()
+		default:
+			advance()
+		}
+	}
+	return out
 }
 
 // errorPos maps the location of a CEL error to the file. CEL places a field selection at its
@@ -542,6 +651,54 @@ func yamlErrPos(file string, err error) Pos {
 		p.Col = 1
 		if m[2] != "" {
 			fmt.Sscanf(m[2], "%d", &p.Col)
+		}
+	}
+	return p
+}
+
+// yamlLocateBudget bounds the bytes locateYAMLError parses, so a huge broken file costs
+// little more than one parse.
+const yamlLocateBudget = 4 << 20
+
+// locateYAMLError finds the character where a YAML syntax error is. go.yaml.in/yaml/v3
+// reports only a line, and for parser errors the 0-based line of the enclosing construct, so
+// the position is where the document stops parsing for good: the line after the longest
+// prefix of whole lines that still parses, and in that line the column after the longest
+// prefix that still parses. Over budget it returns the library's line.
+func locateYAMLError(data []byte, fallback Pos) Pos {
+	parses := func(b []byte) bool {
+		var n yaml.Node
+		return yaml.Unmarshal(b, &n) == nil
+	}
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	offs := make([]int, len(lines)+1)
+	for i, l := range lines {
+		offs[i+1] = offs[i] + len(l)
+	}
+	budget := yamlLocateBudget
+	k := -1
+	for i := len(lines) - 1; i >= 0; i-- {
+		if budget -= offs[i]; budget < 0 {
+			return fallback
+		}
+		if parses(data[:offs[i]]) {
+			k = i
+			break
+		}
+	}
+	if k < 0 {
+		return fallback
+	}
+	p := Pos{File: fallback.File, Line: k + 1, Col: 1}
+	line := []rune(string(lines[k]))
+	for c := len(line) - 1; c > 0; c-- {
+		prefix := append(data[:offs[k]:offs[k]], string(line[:c])...)
+		if budget -= len(prefix); budget < 0 {
+			return p
+		}
+		if parses(prefix) {
+			p.Col = c + 1
+			return p
 		}
 	}
 	return p

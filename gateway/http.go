@@ -203,6 +203,29 @@ func (s *Server) streamBack(ctx context.Context, w http.ResponseWriter, resp *ht
 			s.clearAnchor(ctx, tc, mem)
 			return "upstream_error"
 		}
+		kind := ev.Name
+		if kind == "" {
+			kind = responses.EventKind(ev.Data)
+		}
+		var pe responses.Event
+		parsed := false
+		if kind == responses.EventOutputItemDone || responses.IsTerminal(kind) || kind == responses.EventError {
+			var err error
+			pe, err = responses.ParseEvent(ev.Data)
+			parsed = err == nil
+		}
+		if parsed && responses.IsTerminal(kind) {
+			// Bookkeeping before the terminal event reaches the client, so that its next
+			// request finds the session's state committed.
+			if pe.Item != nil {
+				items = append(items, *pe.Item)
+			}
+			pe.Type = kind
+			s.bookkeep(ctx, tc, sent, pe, items, mem)
+			if attempted {
+				s.metrics.recoveries.WithLabelValues(lastReason(tc.reasons), "succeeded").Inc()
+			}
+		}
 		if _, err := w.Write(ev.Raw); err != nil {
 			return "client_gone"
 		}
@@ -210,34 +233,21 @@ func (s *Server) streamBack(ctx context.Context, w http.ResponseWriter, resp *ht
 			flusher.Flush()
 		}
 		s.metrics.frames.WithLabelValues("to_client").Inc()
-		kind := ev.Name
-		if kind == "" {
-			kind = responses.EventKind(ev.Data)
-		}
-		if kind != responses.EventOutputItemDone && !responses.IsTerminal(kind) && kind != responses.EventError {
+		if !parsed {
 			continue
-		}
-		pe, err := responses.ParseEvent(ev.Data)
-		if err != nil {
-			continue
-		}
-		if pe.Item != nil {
-			items = append(items, *pe.Item)
 		}
 		if kind == responses.EventError {
 			s.clearAnchor(ctx, tc, mem)
 			return "upstream_error"
 		}
 		if responses.IsTerminal(kind) {
-			pe.Type = kind
-			s.bookkeep(ctx, tc, sent, pe, items, mem)
-			if attempted {
-				s.metrics.recoveries.WithLabelValues(lastReason(tc.reasons), "succeeded").Inc()
-			}
 			if kind == responses.EventCompleted {
 				return "completed"
 			}
 			return "failed"
+		}
+		if pe.Item != nil {
+			items = append(items, *pe.Item)
 		}
 	}
 }

@@ -45,7 +45,7 @@ func NewReloader(s *Server) *Reloader {
 		Help: "Policy reloads refused (compile errors or a failed reload gate)."})
 	r.successes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainmend", Name: "policy_reloads_total",
 		Help: "Policy sets activated."})
-	s.reg.MustRegister(r.ok, r.okTime, r.failures, r.successes)
+	s.regr.MustRegister(r.ok, r.okTime, r.failures, r.successes)
 	return r
 }
 

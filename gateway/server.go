@@ -33,6 +33,7 @@ type Server struct {
 	store   statestore.Store
 	log     *slog.Logger
 	reg     *prometheus.Registry
+	regr    prometheus.Registerer
 	metrics *metrics
 	engine  *engine.Metrics
 	snap    atomic.Pointer[engine.Snapshot]
@@ -57,6 +58,10 @@ func WithLogger(l *slog.Logger) Option { return func(srv *Server) { srv.log = l 
 // WithRegistry sets the Prometheus registry the gateway's metrics are registered on and
 // /metrics serves.
 func WithRegistry(r *prometheus.Registry) Option { return func(srv *Server) { srv.reg = r } }
+
+// WithRegisterer registers the gateway's metrics through r instead of the registry itself
+// (for wrapping registerers, such as ones that add constant labels).
+func WithRegisterer(r prometheus.Registerer) Option { return func(srv *Server) { srv.regr = r } }
 
 // WithHTTPClient sets the client of the HTTP/SSE path and of WebSocket dials.
 func WithHTTPClient(c *http.Client) Option { return func(srv *Server) { srv.client = c } }
@@ -92,11 +97,14 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	s.instance = hex.EncodeToString(b[:])
-	s.metrics = newMetrics(s.reg)
-	s.engine = engine.NewMetrics(s.reg)
+	if s.regr == nil {
+		s.regr = s.reg
+	}
+	s.metrics = newMetrics(s.regr)
+	s.engine = engine.NewMetrics(s.regr)
 	if s.store == nil {
 		st, err := statestore.New(
-			statestore.WithRegisterer(s.reg),
+			statestore.WithRegisterer(s.regr),
 			statestore.WithLogger(s.log),
 			statestore.WithTTL(statestore.KindPending, cfg.PendingTTL),
 			statestore.WithTTL(statestore.KindAnchor, cfg.AnchorTTL),

@@ -203,6 +203,7 @@ func (ss *session) cached() string {
 // relayResult is how an upstream exchange ended.
 type relayResult struct {
 	terminal      *responses.Event
+	terminalFrame []byte
 	items         []responses.Item
 	errFrame      []byte
 	errBody       *responses.ErrorBody
@@ -260,18 +261,21 @@ func (ss *session) relay(up *upstreamConn, payload []byte) relayResult {
 				res.items = append(res.items, *ev.Item)
 			}
 		}
+		if responses.IsTerminal(kind) {
+			if kind == responses.EventCompleted || ev.Status == "completed" {
+				up.cached = ev.ResponseID
+			}
+			// The caller writes the terminal event after the bookkeeping, so that a client
+			// that reacts to it (on this or another connection or instance) finds the
+			// session's state already committed.
+			res.terminal, res.terminalFrame = &ev, f
+			return res
+		}
 		if err := ss.write(f); err != nil {
 			res.clientGone = true
 			return res
 		}
 		res.clientWritten = true
-		if responses.IsTerminal(kind) {
-			if kind == responses.EventCompleted || ev.Status == "completed" {
-				up.cached = ev.ResponseID
-			}
-			res.terminal = &ev
-			return res
-		}
 		timer.Reset(cfg.IdleTimeout)
 	}
 }
@@ -330,6 +334,10 @@ func (ss *session) runTurn(tc *turnCtx) string {
 			srv.bookkeep(ss.ctx, tc, sent, *res.terminal, res.items, &ss.mem)
 			if attempted {
 				srv.metrics.recoveries.WithLabelValues(lastReason(tc.reasons), "succeeded").Inc()
+			}
+			if ss.write(res.terminalFrame) != nil {
+				ss.dropUpstream()
+				return "client_gone"
 			}
 			if res.terminal.Type == responses.EventCompleted {
 				return "completed"

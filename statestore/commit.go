@@ -92,18 +92,21 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		return nil
 	}
 	res, err := s.writeRedis(context.WithoutCancel(ctx), &b, rw, touched)
+	if rw != nil && rw.entry == nil {
+		t.mu.Lock()
+		// A copy this instance read from Redis while the write was in flight
+		// may predate it, and our own announcement never reaches us: drop it.
+		t.removeLocked(rw.key)
+		if err != nil {
+			// Redis missed an append and no local copy can repair it:
+			// remember the gap so neither tier replays a partial history.
+			t.putLocked(rw.key, &entry{expires: t.deadline(s.cfg.ttl[KindReplay]), size: entryOverhead,
+				replay: &replayState{broken: true}, unconfirmed: true})
+		}
+		t.mu.Unlock()
+	}
 	if err != nil {
 		s.metrics.commits[commitDegraded].Inc()
-		if rw != nil && rw.entry == nil {
-			// Redis missed an append and no local copy can repair it: remember
-			// the gap so neither tier replays a partial history.
-			t.mu.Lock()
-			if _, ok := t.peekLocked(rw.key, t.now()); !ok {
-				t.putLocked(rw.key, &entry{expires: t.deadline(s.cfg.ttl[KindReplay]), size: entryOverhead,
-					replay: &replayState{broken: true}, unconfirmed: true})
-			}
-			t.mu.Unlock()
-		}
 		s.log.Debug("commit kept locally", "err", err)
 		return fmt.Errorf("%w: %w", ErrDegraded, err)
 	}
@@ -193,9 +196,12 @@ func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *re
 		e := &entry{expires: ttl, size: st.size(), replay: st}
 		t.putLocked(k, e)
 		rw.entry = e
+	default:
+		// The transcript lives only in Redis: append there and keep no
+		// partial local copy. Moving the generation stops a read-through
+		// already in flight from caching the transcript without this turn.
+		t.removeLocked(k)
 	}
-	// Otherwise the transcript lives only in Redis: append there and keep
-	// no partial local copy.
 	return rw
 }
 

@@ -25,6 +25,7 @@ const (
 func (s *Tiered) subscribeLoop(ctx context.Context) {
 	defer close(s.subDone)
 	subscribedBefore := false
+	live := false // logs a loss once per outage, not once per retry
 	backoff := minBackoff
 	readyOnce := false
 	for ctx.Err() == nil {
@@ -48,7 +49,10 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 					}
 				}
 				s.metrics.redisErrors[opSubscribe].Inc()
-				s.log.Warn("invalidation subscription lost; will flush the local tier when it is back", "err", err)
+				if live {
+					s.log.Warn("invalidation subscription lost; will flush the local tier when it is back", "err", err)
+				}
+				live = false
 				break receive
 			}
 			switch m := msg.(type) {
@@ -57,6 +61,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 					// The server dropped us (for example the channel's
 					// slot moved): subscribe afresh.
 					s.log.Warn("invalidation subscription ended by the server", "kind", m.Kind)
+					live = false
 					break receive
 				}
 				if subscribedBefore {
@@ -64,7 +69,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 					s.metrics.flushes.Inc()
 					s.log.Info("invalidation subscription restored; local tier flushed", "dropped", n)
 				}
-				subscribedBefore = true
+				subscribedBefore, live = true, true
 				backoff = minBackoff
 				if !readyOnce {
 					readyOnce = true

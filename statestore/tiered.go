@@ -75,21 +75,28 @@ func New(opts ...Option) (*Tiered, error) {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "statestore")
+	if cfg.redisURL != "" {
+		// The client does not connect yet; building it first means a bad
+		// URL leaves no metrics registered behind.
+		var err error
+		if s.rdb, s.backend, err = newRedisClient(cfg.redisURL); err != nil {
+			return nil, err
+		}
+		s.sharded = s.backend == backendCluster
+	}
 	m, err := newMetrics(cfg.registerer, s.local)
 	if err != nil {
+		if s.rdb != nil {
+			_ = s.rdb.Close()
+		}
 		return nil, err
 	}
 	s.metrics = m
 	s.breaker = newBreaker(cfg.breakerFailures, cfg.breakerCooldown, s.breakerChanged)
-	if cfg.redisURL == "" {
+	if s.rdb == nil {
 		s.log.Info("state store is local-only (no redis URL)")
 		return s, nil
 	}
-	s.rdb, s.backend, err = newRedisClient(cfg.redisURL)
-	if err != nil {
-		return nil, err
-	}
-	s.sharded = s.backend == backendCluster
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
 	s.subDone = make(chan struct{})

@@ -32,6 +32,7 @@ func run() error {
 		return err
 	}
 	log := gateway.NewLogger(os.Stderr, st.LogLevel, st.LogFormat)
+	statestore.RouteRedisLogs(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store, err := statestore.New(

@@ -1,0 +1,106 @@
+package policyctl
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func run(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := Main(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestValidateDefaultPolicies(t *testing.T) {
+	code, out, errs := run("validate", "../../policies")
+	assert.Equal(t, ExitOK, code, errs)
+	assert.Contains(t, out, "ok: ")
+}
+
+// TestValidateBrokenCorpus: every broken file exits 1 and prints the golden diagnostics.
+func TestValidateBrokenCorpus(t *testing.T) {
+	files, err := filepath.Glob("../../testdata/policies/broken/*.yaml")
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(files), 12)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			code, _, errs := run("validate", f)
+			assert.Equal(t, ExitError, code)
+			golden, err := os.ReadFile(strings.TrimSuffix(f, ".yaml") + ".golden")
+			require.NoError(t, err)
+			for _, line := range strings.Split(strings.TrimSpace(string(golden)), "\n") {
+				// The golden names files relative to the repository root.
+				want := strings.ReplaceAll(line, "testdata/policies/broken/", f[:strings.LastIndex(f, "/")+1])
+				assert.Contains(t, errs, want)
+			}
+		})
+	}
+}
+
+func TestTestDefaultFixtures(t *testing.T) {
+	code, out, errs := run("test", "--policies", "../../policies", "../../policytests")
+	require.Equal(t, ExitOK, code, "%s\n%s", out, errs)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	last := lines[len(lines)-1]
+	assert.Regexp(t, `^\d+ passed, 0 failed$`, last)
+	assert.NotContains(t, out, "rules no case fired")
+	assert.GreaterOrEqual(t, strings.Count(out, "--- PASS: "), 60)
+}
+
+func TestTestWrongExpectationShowsDiff(t *testing.T) {
+	code, out, _ := run("test", "--policies", "../../policies", "testdata/wrong-expectation.yaml")
+	assert.Equal(t, ExitFailed, code)
+	assert.Contains(t, out, "--- FAIL: wrong/esc-expects-cancelled")
+	assert.Contains(t, out, "want [infer-prev-from-pending, keep-outputs-match]")
+	assert.Contains(t, out, "got  [infer-prev-from-pending, inject-aborted-for-pending, keep-outputs-match]")
+	assert.Contains(t, out, `request.input[1].output: want "cancelled", got "aborted"`)
+	assert.Contains(t, out, "0 passed, 1 failed")
+}
+
+func TestTestRunFilterAndJSON(t *testing.T) {
+	code, out, _ := run("test", "--policies", "../../policies", "-run", "esc/partial-outputs-no-prev$", "--json", "../../policytests")
+	assert.Equal(t, ExitOK, code)
+	assert.Contains(t, out, `"passed": 1`)
+	assert.Contains(t, out, `"failed": 0`)
+}
+
+func TestTestFixtureTyposFailLoudly(t *testing.T) {
+	for _, f := range []string{"testdata/typo-field.yaml", "testdata/unknown-rule.yaml"} {
+		code, _, errs := run("test", "--policies", "../../policies", f)
+		assert.Equal(t, ExitError, code, f)
+		assert.NotEmpty(t, errs)
+	}
+	code, _, errs := run("test", "--policies", "../../policies", "-run", "nothing-matches-this", "../../policytests")
+	assert.Equal(t, ExitError, code, "a run with zero cases fails")
+	assert.Contains(t, errs, "no test cases ran")
+}
+
+func TestExplainESC(t *testing.T) {
+	code, out, errs := run("explain", "--policies", "../../policies",
+		"--request", "../../testdata/explain/esc-request.json", "--state", "../../testdata/explain/esc-state.yaml")
+	require.Equal(t, ExitOK, code, errs)
+	assert.Regexp(t, `✔\s+\d+ infer-prev-from-pending\s+\[pre_send\]\s+when = true`, out)
+	assert.Regexp(t, `\d+ reject-item-id-as-prev\s+\[pre_send\]\s+when = false`, out)
+	assert.Contains(t, out, "not evaluated (group keep_drop already matched)")
+	assert.Contains(t, out, `+   "previous_response_id": "resp_1"`)
+	assert.Contains(t, out, `+       "call_id": "call_B",`)
+	assert.Contains(t, out, "verdict: send")
+}
+
+func TestUsageErrors(t *testing.T) {
+	code, _, _ := run()
+	assert.Equal(t, ExitError, code)
+	code, _, _ = run("frobnicate")
+	assert.Equal(t, ExitError, code)
+	code, _, _ = run("explain")
+	assert.Equal(t, ExitError, code)
+	code, out, _ := run("vars")
+	assert.Equal(t, ExitOK, code)
+	assert.Contains(t, out, "request.previous_response_id")
+}
