@@ -53,11 +53,11 @@ policytest: build
 	$(BIN)/policyctl test --policies $(POLICIES) policytests
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./responses/ ./engine/ ./statestore/
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./responses/ ./engine/ ./statestore/ ./emulator/
 
 # Each fuzz target as package:Func. `make fuzz` runs each for FUZZTIME; `make test` runs each
 # briefly (FUZZ_SHORT) so that the seed corpora in testdata/fuzz stay exercised.
-FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch engine:FuzzCompile emulator:FuzzCreate
+FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch responses:FuzzSSE responses:FuzzEvent engine:FuzzCompile emulator:FuzzCreate
 FUZZTIME ?= 60s
 FUZZ_SHORT ?= 5s
 

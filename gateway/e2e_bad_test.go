@@ -139,3 +139,57 @@ func TestE2EUpstreamClosesMidTurn(t *testing.T) {
 	// The session stays open; Codex resends its full context after an error.
 	c.ok(create(nil, user("one"), obj{"type": "message", "role": "assistant", "content": []obj{{"type": "output_text", "text": "done"}}}, user("two")))
 }
+
+func TestE2EUpstreamUnreachable(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, cmdScript())
+	c := s.dial("sess-unreachable")
+	e1 := c.ok(create(nil, user("one")))
+	s.emu.Close()
+	before := s.fired()
+	e := c.fails(chained(e1.Response.ID, user("two")))
+	s.requireFired(before, []string{"transport_retry", "upstream_error_forwarded"})
+	assert.Equal(t, 502, e.Status)
+	assert.Equal(t, "upstream_connection_lost", e.Error.Code)
+	// The connection to the client stays open and keeps answering.
+	e = c.fails(create(nil, user("three")))
+	assert.Equal(t, 502, e.Status)
+}
+
+func TestE2EUpstreamGoesQuietMidTurn(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, cmdScript(), withConfig(func(c *gateway.Config) { c.IdleTimeout = 200 * time.Millisecond }))
+	c := s.dial("sess-quiet")
+	e1 := c.ok(create(nil, user("one")))
+	s.emu.SetCreateFault(2, emulator.CreateFault{EventInterval: 2 * time.Second})
+	start := time.Now()
+	r := c.turn(chained(e1.Response.ID, user("two")))
+	e := c.oneError(r)
+	assert.Equal(t, []string{"response.created", "error"}, r.types())
+	assert.Equal(t, 504, e.Status)
+	assert.Equal(t, "upstream_timeout", e.Error.Code)
+	assert.Less(t, time.Since(start), 1500*time.Millisecond)
+	c.ok(create(nil, user("a fresh full create")))
+}
+
+func TestE2EClientGoneMidTurn(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, cmdScript())
+	c := s.dial("sess-gone")
+	e1 := c.ok(create(nil, user("one")))
+	// A long answer: the gateway must not wait for it once the client is gone.
+	s.emu.SetCreateFault(2, emulator.CreateFault{Delay: 3 * clientTimeout})
+	c.send(chained(e1.Response.ID, user("two")))
+	eventually(t, "the create to reach the emulator", func() bool { return len(s.creates()) == 2 })
+	_ = c.c.CloseNow()
+	select {
+	case <-s.emu.Conn(1).Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("the upstream connection of a departed client stays open")
+	}
+	eventually(t, "the turn to be counted as client_gone", func() bool {
+		return s.counter("chainmend_turns_total", map[string]string{"outcome": "client_gone"}) == 1
+	})
+	// Nothing else is disturbed.
+	s.dial("sess-gone-2").ok(create(nil, user("still serving")))
+}

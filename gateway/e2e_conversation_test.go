@@ -168,6 +168,11 @@ func TestE2EConversationSurvivesDropsAndESC(t *testing.T) {
 		assert.Contains(t, string(body), want)
 	}
 	assert.NotContains(t, string(body), testSecret)
+	logs := s.logs.String()
+	assert.Contains(t, logs, "msg=turn", "one info line per turn")
+	assert.Contains(t, logs, "reason=aborted_injected", "one debug line per fired rule")
+	assert.Contains(t, logs, "sess-conversation")
+	// (Cleanup asserts that the credential never reached the logs.)
 
 	// The same client straight to the emulator, same script, same faults: it fails.
 	emu := emulator.StartTest(t, emulator.WithScript(callScript()), emulator.WithFaults(conversationFaults))

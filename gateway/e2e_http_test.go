@@ -158,3 +158,38 @@ func TestE2ECodexCaptureHTTP(t *testing.T) {
 		assert.Empty(t, up.PreviousResponseID)
 	}
 }
+
+func TestE2EHTTPChainedTurnReplayed(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, cmdScript())
+	resp, body := s.post(create(nil, user("call call_HC1")), "sess-http-chain")
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	events := parseSSE(t, body)
+	var v struct {
+		Response struct {
+			ID string `json:"id"`
+		} `json:"response"`
+	}
+	require.NoError(t, json.Unmarshal(events[len(events)-1].data, &v))
+
+	// Over HTTP the upstream keeps nothing of a store:false response: the chain fails and
+	// the replay carries the turn.
+	before := s.fired()
+	resp, body = s.post(chained(v.Response.ID, fco("call_HC1", "ok")), "sess-http-chain")
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	events = parseSSE(t, body)
+	assert.Equal(t, "response.completed", events[len(events)-1].name)
+	assert.Equal(t, 1, countOfEvents(events, "response.created"), "only the retry's events reach the client")
+	s.requireFired(before, []string{"drop_previous_response_id_full_replay"})
+	assert.Equal(t, []string{"msg:user", "rs", "fc:call_HC1", "fco:call_HC1=ok"}, summary(t, s.lastCreate().Frame))
+}
+
+func countOfEvents(events []sseEvent, name string) int {
+	n := 0
+	for _, e := range events {
+		if e.name == name {
+			n++
+		}
+	}
+	return n
+}

@@ -7,14 +7,17 @@ package gateway_test
 
 import (
 	"encoding/json"
+	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
 	"chainmend/engine"
+	"chainmend/gateway"
 )
 
 // cmdScript answers a create whose last new item is the user message "call X Y…" with a
@@ -566,4 +569,38 @@ func TestE2EProcessedAckAndQueuedCreates(t *testing.T) {
 	assert.Equal(t, a.last.Response.ID, cs[2].ResponseID)
 	assert.Equal(t, b.last.Response.ID, cs[3].ResponseID)
 	assert.Zero(t, s.emu.Stats().Errors)
+}
+
+// ---- Tenants, rotation.
+
+func TestE2ETenantsNeverShareChains(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, cmdScript())
+	a := s.dial("sess-shared-id")
+	startCalls(t, a, "call_TA")
+
+	// Another credential with the same session id: nothing of the first tenant's chain
+	// may be inferred for it.
+	b := s.dialHeader(http.Header{"Authorization": {"Bearer sk-test-secret-other-tenant"}, "Session-Id": {"sess-shared-id"}})
+	before := s.fired()
+	e := b.fails(create(nil, fco("call_TA", "stolen")))
+	s.requireFired(before, []string{"proactive_tool_output_reject"}, "pending_prev_infer", "function_call_output_prev_infer")
+	assert.Equal(t, "tool_output_not_found", e.Error.Code)
+	assert.Len(t, s.creates(), 1)
+}
+
+func TestE2EUpstreamRotatedBeforeItsCap(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, cmdScript(),
+		withEmulator(emulator.WithConnectionLimit(2*time.Second)),
+		withConfig(func(c *gateway.Config) { c.UpstreamMaxAge = 150 * time.Millisecond }))
+	c := s.dial("sess-rotate")
+	resp1 := startCalls(t, c, "call_RO1")
+	time.Sleep(200 * time.Millisecond)
+	before := s.fired()
+	c.ok(chained(resp1, fco("call_RO1", "ok")))
+	s.requireFired(before, []string{"fresh_connection_replay"})
+	assert.Equal(t, 2, s.lastCreate().Conn)
+	assert.Equal(t, 1.0, s.counter("chainmend_upstream_connections_total", map[string]string{"event": "rotated"}))
+	assert.Zero(t, s.emu.Stats().Errors, "the upstream's cap was never reached")
 }

@@ -77,6 +77,9 @@ func (ss *session) run() {
 	}()
 	go ss.readLoop()
 	for f := range ss.in {
+		if ss.ctx.Err() != nil {
+			continue // the client is gone: frames still queued cannot be answered
+		}
 		if f.typ != websocket.MessageText {
 			ss.refuse("unsupported_frame", "binary frames are not supported; send response.create as a JSON text frame")
 			continue
@@ -99,6 +102,9 @@ func (ss *session) readLoop() {
 		typ, data, err := ss.client.Read(ss.ctx)
 		if err != nil {
 			ss.rdErr = err
+			// The client is gone (closed, reset, or cut off for a bad frame): a turn in
+			// flight stops waiting for the upstream, which is closed with it.
+			ss.cancel()
 			return
 		}
 		select {

@@ -50,7 +50,7 @@ type ErrorBody struct {
 }
 
 // EventKind returns an event's type, reading only as far as the type field when it comes
-// first, as it does in every server event.
+// first, as it does in every server event. The first type key counts, here and in ParseEvent.
 func EventKind(frame []byte) string {
 	i := skipWS(frame, 0)
 	if i >= len(frame) || frame[i] != '{' {
@@ -63,6 +63,9 @@ func EventKind(frame []byte) string {
 			j := skipWS(frame, end)
 			if j < len(frame) && frame[j] == ':' {
 				j = skipWS(frame, j+1)
+				if j >= len(frame) || frame[j] != '"' {
+					return ""
+				}
 				if ve, err := skipString(frame, j); err == nil {
 					return unquote(frame[j:ve])
 				}
@@ -81,6 +84,7 @@ func ParseEvent(frame []byte) (Event, error) {
 	var ev Event
 	var response, item, errObj []byte
 	status := 0
+	typed := false
 	end, err := scanObject(frame, skipWS(frame, 0), func(key []byte, vs int) (int, error) {
 		ve, err := skipValue(frame, vs, 1)
 		if err != nil {
@@ -88,8 +92,12 @@ func ParseEvent(frame []byte) (Event, error) {
 		}
 		val := frame[vs:ve]
 		switch {
-		case keyIs(key, "type") && val[0] == '"':
-			ev.Type = unquote(val)
+		case keyIs(key, "type"):
+			// The first type key counts, as in EventKind's fast path.
+			if !typed && val[0] == '"' {
+				ev.Type = unquote(val)
+			}
+			typed = true
 		case keyIs(key, "response") && val[0] == '{':
 			response = val
 		case keyIs(key, "item") && val[0] == '{':

@@ -99,3 +99,48 @@ func FuzzPatch(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSSE: the SSE reader never panics, never returns an event larger than its input, and
+// the raw bytes of the events it returns are a prefix-ordered cover of what it read.
+func FuzzSSE(f *testing.F) {
+	f.Add([]byte("event: response.created\ndata: {\"type\":\"response.created\"}\n\n"))
+	f.Add([]byte(": comment\n\ndata: a\ndata: b\n\nevent: x\n"))
+	f.Add([]byte("data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"output\":[]}}\r\n\r\n"))
+	f.Add([]byte("\n\n\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rd := NewSSEReader(bytes.NewReader(data))
+		total := 0
+		for i := 0; i < 10000; i++ {
+			ev, err := rd.Next()
+			if err != nil {
+				return
+			}
+			total += len(ev.Raw)
+			if total > len(data)+1 {
+				t.Fatalf("events hold %d bytes of a %d-byte stream", total, len(data))
+			}
+			if len(ev.Data) > len(ev.Raw) {
+				t.Fatalf("data longer than the event")
+			}
+		}
+	})
+}
+
+// FuzzEvent: the event reader never panics, and EventKind agrees with ParseEvent.
+func FuzzEvent(f *testing.F) {
+	f.Add([]byte(`{"type":"error","status":400,"error":{"type":"invalid_request_error","code":"previous_response_not_found","message":"Previous response with id 'resp_1' not found.","param":"previous_response_id"}}`))
+	f.Add([]byte(`{"type":"response.output_item.done","output_index":0,"item":{"type":"function_call","call_id":"call_1","id":"fc_1"}}`))
+	f.Add([]byte(`{"type":"response.completed","response":{"id":"resp_1","status":"completed","output":[{"type":"message"}]}}`))
+	f.Add([]byte(`{"sequence_number":1,"type":"response.output_text.delta","delta":"hi"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		kind := EventKind(data)
+		ev, err := ParseEvent(data)
+		if err != nil {
+			return
+		}
+		if kind != ev.Type {
+			t.Fatalf("EventKind %q, ParseEvent %q", kind, ev.Type)
+		}
+		_ = ErrorFrame(ErrorBody{Status: 400, Message: string(data)})
+	})
+}

@@ -330,6 +330,18 @@ var interned = func() map[string]string {
 		"message", "function_call", "function_call_output", "custom_tool_call",
 		"custom_tool_call_output", "local_shell_call", "item_reference", "user", "assistant",
 		"developer", "system", "input_text", "output_text", "completed", "in_progress",
+		// Server event types, read once per relayed event.
+		"error", "response.created", "response.in_progress", "response.completed",
+		"response.failed", "response.incomplete", "response.done", "response.cancelled",
+		"response.queued", "response.output_item.added", "response.output_item.done",
+		"response.content_part.added", "response.content_part.done",
+		"response.output_text.delta", "response.output_text.done",
+		"response.output_text.annotation.added", "response.refusal.delta", "response.refusal.done",
+		"response.function_call_arguments.delta", "response.function_call_arguments.done",
+		"response.custom_tool_call_input.delta", "response.custom_tool_call_input.done",
+		"response.reasoning_summary_part.added", "response.reasoning_summary_part.done",
+		"response.reasoning_summary_text.delta", "response.reasoning_summary_text.done",
+		"response.reasoning_text.delta", "response.reasoning_text.done",
 	}
 	m := make(map[string]string, len(words))
 	for _, w := range words {

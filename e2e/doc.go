@@ -1,0 +1,25 @@
+// Package e2e holds the end-to-end suites that run chainmend as its operators do: the real
+// gateway binary (built once per test run with `go build`), real Redis servers (standalone
+// and a 3-master Cluster, from internal/redistest), the upstream emulator in process, and
+// the real Codex CLI (SPEC R2, R5; issue 6).
+//
+//   - multi_test.go: two gateway processes on one Redis. A session moves from instance A to
+//     instance B and B repairs its turns exactly as A would; a write on A is seen by B at
+//     once; Redis dies mid-conversation (turns go on from local state) and comes back. The
+//     same suite runs against the Cluster.
+//   - codex_test.go: the real Codex CLI (`codex exec`) through the gateway against the
+//     emulator: a plain tool loop, an upstream connection dropped after each completed
+//     response, and a continuation refused with previous_response_not_found. It runs when
+//     CHAINMEND_CODEX names a codex binary (`make e2e-codex` installs one and sets it), or
+//     when the cached install in .cache/codex exists.
+//   - capture_test.go: the frames Codex sent through the gateway (testdata/codex/
+//     codex-0.169.0-gateway-*.json, written by the Codex suite with CHAINMEND_CODEX_CAPTURE=1)
+//     replayed through the gateway against the emulator, with no Codex needed.
+//
+// The non-test files of this package are the shared helpers: building and starting the
+// binaries and reading their metrics (proc.go), a WebSocket client for the Responses API
+// (client.go), and checks of what the emulator received (upstream.go).
+//
+// Under CI=true nothing skips: a missing redis-server or Codex fails the run. Elsewhere a
+// missing tool skips loudly.
+package e2e
