@@ -142,6 +142,11 @@ func (r *Reloader) Run(ctx context.Context) error {
 			}
 			r.srv.log.Warn("policy watcher", "err", err)
 		case <-poll.C:
+			// The poll only arms a reload that no event armed yet: re-arming it on every
+			// tick would postpone the reload for as long as the change stands.
+			if debounce != nil {
+				continue
+			}
 			if srcs, err := engine.ReadSources(r.srv.cfg.Policies); err == nil && checksum(srcs) != r.lastSeen {
 				debounce = time.After(reloadDebounce)
 			}
