@@ -4,7 +4,7 @@ BIN := bin
 POLICIES ?= policies
 GOFLAGS_TEST ?= -count=1
 
-.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean
+.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean e2e-codex
 
 all: build
 
@@ -35,9 +35,28 @@ deps-redis:
 
 # test runs everything: vet, gofmt, the policy checks, unit + integration tests under -race,
 # and a short fuzz pass of each parser.
-test: deps-redis fmt-check vet check-policies policytest
+test: deps-redis fmt-check vet check-policies policytest e2e-codex
 	$(GO) test $(GOFLAGS_TEST) -race ./...
 	$(MAKE) fuzz-short
+
+# e2e-codex runs the real Codex CLI through the gateway (e2e/codex_test.go) and replays its
+# captures. It installs @openai/codex@$(CODEX_VERSION) from the npm registry into $(CODEX_DIR)
+# when that version is not there yet (the package ships its native binary in an optional
+# dependency, @openai/codex-<platform>; no install scripts run). CHAINMEND_CODEX_CAPTURE=1
+# rewrites testdata/codex/codex-$(CODEX_VERSION)-gateway-*.json from what Codex sent.
+CODEX_VERSION ?= 0.169.0
+CODEX_DIR ?= .cache/codex
+CODEX_BIN = $(CODEX_DIR)/node_modules/.bin/codex
+
+e2e-codex:
+	@command -v npm >/dev/null 2>&1 || { echo "installing npm"; (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	@if ! $(CODEX_BIN) --version 2>/dev/null | grep -qx "codex-cli $(CODEX_VERSION)"; then \
+	  echo "installing @openai/codex@$(CODEX_VERSION) into $(CODEX_DIR)"; \
+	  mkdir -p $(CODEX_DIR) && \
+	  npm install --prefix $(CODEX_DIR) --no-save --no-package-lock --no-audit --no-fund --loglevel=error @openai/codex@$(CODEX_VERSION) && \
+	  $(CODEX_BIN) --version | grep -qx "codex-cli $(CODEX_VERSION)"; \
+	fi
+	CHAINMEND_CODEX=$(abspath $(CODEX_BIN)) $(GO) test $(GOFLAGS_TEST) -race -run '^TestCodex' -v ./e2e/
 
 vet:
 	$(GO) vet ./...

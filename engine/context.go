@@ -484,8 +484,13 @@ func editsHistory(r *responses.Request, prev *Previous) bool {
 	for _, k := range prev.ItemKeys {
 		known[k] = struct{}{}
 	}
+	// Only items with an identity (an id or a call id) can show that the client resent the
+	// previous context: two identical messages without ids ("continue", twice) are new input.
 	repeats := false
 	for i := range items {
+		if items[i].ID == "" && items[i].CallID == "" {
+			continue
+		}
 		if _, ok := known[items[i].Key()]; ok {
 			repeats = true
 			break

@@ -177,3 +177,75 @@ func BenchmarkReplayAppend(b *testing.B) {
 		run(b, benchStore(b, WithRedisURL(srv.URL()), WithReplayCap(256<<10)))
 	})
 }
+
+// BenchmarkMovedRead is the state read of a session that arrived from another instance:
+// anchor, the pending calls of the response it chains to, and the replay transcript, none
+// of them local. "prefetch" is one pipelined round trip (Prefetch, then three local reads);
+// the baseline "single_reads" is the three reads one by one (three round trips). Both run
+// interleaved in "ratio".
+func BenchmarkMovedRead(b *testing.B) {
+	ctx := context.Background()
+	srv := redistest.Start(b)
+	s := benchStore(b, WithRedisURL(srv.URL()))
+	ten := TenantOf("Bearer bench")
+	sc := Scope{Tenant: ten, Session: "0196f4c2-7a0e-7d31-9a51-6a1f2b3c4d5e"}
+	resp := "resp_68a1f0c2b3d4e5f60718293a4b5c6d7e"
+	items := make([]ReplayItem, 20)
+	for i := range items {
+		items[i] = item("message", "", 500)
+	}
+	require.NoError(b, s.Commit(ctx, Batch{Scope: sc, PutPending: &PendingPut{ResponseID: resp, Calls: []Call{
+		{ID: "call_Xy12", Kind: "function_call"}}}, Anchor: strp(resp), ReplayReset: true, ReplayAppend: items, ReplayLastResponseID: resp}))
+	drop := func() {
+		s.local.remove(lkey{KindAnchor, ten, sc.Session})
+		s.local.remove(lkey{KindPending, ten, resp})
+		s.local.remove(lkey{KindReplay, ten, sc.Session})
+	}
+	reads := func() {
+		a, r := s.Anchor(ctx, sc)
+		if r != Hit {
+			b.Fatal("anchor", r)
+		}
+		if _, r := s.Pending(ctx, ten, a); r != Hit {
+			b.Fatal("pending", r)
+		}
+		if _, r := s.Replay(ctx, sc); r != Hit {
+			b.Fatal("replay", r)
+		}
+	}
+	prefetch := func() {
+		drop()
+		s.Prefetch(ctx, sc, resp)
+		reads()
+	}
+	single := func() {
+		drop()
+		reads()
+	}
+	b.Run("prefetch", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			prefetch()
+		}
+	})
+	b.Run("single_reads", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			single()
+		}
+	})
+	b.Run("ratio", func(b *testing.B) {
+		var tp, ts time.Duration
+		for b.Loop() {
+			t0 := time.Now()
+			prefetch()
+			t1 := time.Now()
+			single()
+			tp += t1.Sub(t0)
+			ts += time.Since(t1)
+		}
+		b.ReportMetric(float64(tp)/float64(b.N), "prefetch-ns/op")
+		b.ReportMetric(float64(ts)/float64(b.N), "single-ns/op")
+		b.ReportMetric(float64(tp)/float64(ts), "ratio")
+	})
+}

@@ -171,6 +171,12 @@ func (s *Tiered) Pending(ctx context.Context, tenant, responseID string) ([]Call
 		val, err = s.rdb.Get(ctx, key).Result()
 		return err
 	})
+	return s.pendingFrom(k, gen, val, err)
+}
+
+// pendingFrom finishes a pending read from Redis (Pending, Prefetch): decode, backfill,
+// count.
+func (s *Tiered) pendingFrom(k lkey, gen uint64, val string, err error) ([]Call, Result) {
 	if errors.Is(err, redis.Nil) {
 		s.backfillNeg(k, gen)
 		return nil, s.redisAnswer(k.kind, Miss)
@@ -233,6 +239,11 @@ func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
 		val, err = s.rdb.Get(ctx, key).Result()
 		return err
 	})
+	return s.anchorFrom(k, gen, val, err)
+}
+
+// anchorFrom finishes an anchor read from Redis (Anchor, Prefetch).
+func (s *Tiered) anchorFrom(k lkey, gen uint64, val string, err error) (string, Result) {
 	if errors.Is(err, redis.Nil) {
 		s.backfillNeg(k, gen)
 		return "", s.redisAnswer(k.kind, Miss)
@@ -286,6 +297,11 @@ func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
 		meta = cmds[1].(*redis.SliceCmd).Val()
 		return nil
 	})
+	return s.replayFrom(k, gen, elems, meta, err)
+}
+
+// replayFrom finishes a replay read from Redis (Replay, Prefetch).
+func (s *Tiered) replayFrom(k lkey, gen uint64, elems []string, meta []any, err error) (Transcript, Result) {
 	if err != nil {
 		return Transcript{}, s.redisAnswer(k.kind, Unknown)
 	}

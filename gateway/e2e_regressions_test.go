@@ -1,29 +1,20 @@
 package gateway_test
 
-// Suspected bugs outside the gateway package (engine, policies), kept as failing tests
-// that run only with CHAINMEND_E2E_KNOWN_BUGS=1 so that the suite stays green until they
-// are fixed. Each names what the client loses.
+// Regressions of bugs found end to end in the engine and the policies (fixed: engine
+// editsHistory ignores id-less repeats; row 9 leaves store:true outputs to the stored chain,
+// which the recovery stage sets). Each names what the client would lose.
 
 import (
-	"os"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 )
 
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("CHAINMEND_E2E_KNOWN_BUGS") == "" {
-		t.Skipf("known bug (set CHAINMEND_E2E_KNOWN_BUGS=1 to run): %s", what)
-	}
-}
-
 // A client without item ids that sends the same message twice in a row ("continue") is
 // taken for an edited history (engine editsHistory: content-hash keys collide), its
 // previous_response_id is dropped and the upstream gets a full create of one message: the
 // whole conversation is lost without an error.
-func TestE2EKnownBugRepeatedMessageKeepsChain(t *testing.T) {
-	knownBug(t, "engine editsHistory treats a repeated identical message as an edited history (input_edited)")
+func TestE2ERegressionRepeatedMessageKeepsChain(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, cmdScript())
 	c := s.dial("sess-bug-repeat")
@@ -40,8 +31,7 @@ func TestE2EKnownBugRepeatedMessageKeepsChain(t *testing.T) {
 // for store:false), so the upstream gets an empty, context-less create and the model never
 // sees the tool output. set_previous_response_id_retry (§5.2) is unreachable with pending
 // known.
-func TestE2EKnownBugStoredOutputsWithoutPrevReachModel(t *testing.T) {
-	knownBug(t, "policies row 9 removes store:true outputs that belong to the anchor's pending calls")
+func TestE2ERegressionStoredOutputsWithoutPrevReachModel(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, cmdScript())
 	c := s.dial("sess-bug-stored")

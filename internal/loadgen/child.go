@@ -1,0 +1,360 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"chainmend/gateway"
+	"chainmend/statestore"
+)
+
+// The gateway runs in a child process: the load tool re-executes its own binary with
+// childEnv=gateway. Its CPU time and RSS are then exactly the gateway's (read from
+// /proc/PID/stat and /proc/PID/status), while the load clients and the emulator live in
+// the parent. The child is built like cmd/gateway (same settings parser, store, policy
+// reloader and handler) and adds two things for the load tool on the same listener:
+// net/http/pprof under /debug/pprof/ and /loadgen/stats (Go heap figures).
+const childEnv = "CHAINMEND_LOADGEN_CHILD"
+
+// runGatewayChild is the child's main. args are gateway flags (cmd/gateway syntax).
+func runGatewayChild(args []string) error {
+	st, err := gateway.ParseSettings(args, os.Getenv, os.Stderr)
+	if err != nil {
+		return err
+	}
+	log := gateway.NewLogger(os.Stderr, st.LogLevel, st.LogFormat)
+	statestore.RouteRedisLogs(log)
+	reg := prometheus.NewRegistry()
+	store, err := statestore.New(
+		statestore.WithRedisURL(st.Redis),
+		statestore.WithRegisterer(reg),
+		statestore.WithLogger(log),
+		statestore.WithOpTimeout(st.StoreTimeout),
+		statestore.WithTTL(statestore.KindPending, st.PendingTTL),
+		statestore.WithTTL(statestore.KindAnchor, st.AnchorTTL),
+		statestore.WithTTL(statestore.KindReplay, st.ReplayTTL),
+		statestore.WithReplayCap(st.ReplayCapBytes),
+	)
+	if err != nil {
+		return fmt.Errorf("state store: %w", err)
+	}
+	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	reloader := gateway.NewReloader(srv)
+	if _, err := reloader.Reload(); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() { _ = reloader.Run(ctx) }()
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/loadgen/stats", serveChildStats)
+	mux.Handle("/", srv.Handler())
+	ln, err := net.Listen("tcp", st.Listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// The parent reads this line to learn the address.
+	fmt.Printf("LISTEN %s\n", ln.Addr())
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}
+	return nil
+}
+
+// childStats is what /loadgen/stats answers.
+type childStats struct {
+	HeapInuse  uint64 `json:"heap_inuse"`
+	HeapAlloc  uint64 `json:"heap_alloc"`
+	StackInuse uint64 `json:"stack_inuse"`
+	Sys        uint64 `json:"sys"`
+	NumGC      uint32 `json:"num_gc"`
+	Goroutines int    `json:"goroutines"`
+}
+
+func serveChildStats(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("gc") == "1" {
+		runtime.GC()
+		debug.FreeOSMemory()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	_ = json.NewEncoder(w).Encode(childStats{
+		HeapInuse: ms.HeapInuse, HeapAlloc: ms.HeapAlloc, StackInuse: ms.StackInuse, Sys: ms.Sys,
+		NumGC: ms.NumGC, Goroutines: runtime.NumGoroutine(),
+	})
+}
+
+// gatewayProc is a running gateway child.
+type gatewayProc struct {
+	name string
+	cmd  *exec.Cmd
+	addr string
+	pid  int
+	done chan struct{}
+	log  *os.File
+}
+
+// startGateway starts a gateway child with the given flags and waits for its address.
+func startGateway(name string, logPath string, args ...string) (*gatewayProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), childEnv+"=gateway")
+	lf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = lf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		lf.Close()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, err
+	}
+	g := &gatewayProc{name: name, cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}), log: lf}
+	addrc := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
+				addrc <- a
+			}
+		}
+	}()
+	go func() { _ = cmd.Wait(); close(g.done) }()
+	select {
+	case g.addr = <-addrc:
+	case <-g.done:
+		lf.Close()
+		return nil, fmt.Errorf("gateway child exited during start-up; see %s", logPath)
+	case <-time.After(20 * time.Second):
+		g.stop()
+		return nil, fmt.Errorf("gateway child did not start in 20s; see %s", logPath)
+	}
+	// Ready means a policy set is active.
+	for i := 0; i < 200; i++ {
+		resp, err := http.Get("http://" + g.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return g, nil
+			}
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	g.stop()
+	return nil, fmt.Errorf("gateway child not ready; see %s", logPath)
+}
+
+func (g *gatewayProc) wsURL() string   { return "ws://" + g.addr + "/v1/responses" }
+func (g *gatewayProc) httpURL() string { return "http://" + g.addr + "/v1/responses" }
+
+// stop ends the child (SIGTERM, then SIGKILL after 5 s).
+func (g *gatewayProc) stop() {
+	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		_ = g.cmd.Process.Kill()
+		<-g.done
+	}
+	g.log.Close()
+}
+
+// procSample is the child's cumulative CPU time and current RSS.
+type procSample struct {
+	at  time.Time
+	cpu time.Duration // utime + stime
+	rss int64         // bytes
+}
+
+// clkTck is USER_HZ, 100 on every Linux this runs on.
+const clkTck = 100
+
+func (g *gatewayProc) sample() procSample {
+	s, err := readProc(g.pid)
+	if err != nil {
+		return procSample{at: time.Now()}
+	}
+	return s
+}
+
+// readProc reads /proc/PID/stat (utime, stime: fields 14 and 15) and /proc/PID/status
+// (VmRSS).
+func readProc(pid int) (procSample, error) {
+	ps := procSample{at: time.Now()}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return ps, err
+	}
+	// The command name may contain spaces: fields start after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return ps, errors.New("bad stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); utime is field 14 → f[11], stime f[12].
+	if len(f) < 13 {
+		return ps, errors.New("short stat")
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	stt, _ := strconv.ParseInt(f[12], 10, 64)
+	ps.cpu = time.Duration(ut+stt) * time.Second / clkTck
+	b, err = os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return ps, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			ps.rss = kb << 10
+		}
+	}
+	return ps, nil
+}
+
+// stats fetches /loadgen/stats, after a forced GC when gc is set.
+func (g *gatewayProc) stats(gc bool) (childStats, error) {
+	u := "http://" + g.addr + "/loadgen/stats"
+	if gc {
+		u += "?gc=1"
+	}
+	var cs childStats
+	resp, err := http.Get(u)
+	if err != nil {
+		return cs, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&cs)
+	return cs, err
+}
+
+// profile takes a CPU profile of the child for d and writes it to path.
+func (g *gatewayProc) profile(d time.Duration, path string) error {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", g.addr, int(d.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return writeBody(resp.Body, path)
+}
+
+// heapProfile writes the child's allocation profile (alloc_space since start).
+func (g *gatewayProc) heapProfile(path string) error {
+	resp, err := http.Get("http://" + g.addr + "/debug/pprof/allocs")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return writeBody(resp.Body, path)
+}
+
+func writeBody(r io.Reader, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// cpuMeter attributes child CPU to a phase: delta of utime+stime between two samples.
+type cpuMeter struct {
+	mu    sync.Mutex
+	procs []*gatewayProc
+	start []procSample
+}
+
+func newCPUMeter(procs ...*gatewayProc) *cpuMeter {
+	m := &cpuMeter{procs: procs}
+	for _, p := range procs {
+		m.start = append(m.start, p.sample())
+	}
+	return m
+}
+
+// stop returns the CPU time all children used since the meter started, and the
+// largest RSS seen now.
+func (m *cpuMeter) stop() (cpu time.Duration, rss int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, p := range m.procs {
+		s := p.sample()
+		cpu += s.cpu - m.start[i].cpu
+		rss += s.rss
+	}
+	return cpu, rss
+}
+
+// rulesFired reads chainmend_rule_fired_total from the child's /metrics, summed by reason:
+// which repairs the load actually triggered (a clean conversation should show only checks).
+func (g *gatewayProc) rulesFired() map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get("http://" + g.addr + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "chainmend_rule_fired_total{") {
+			continue
+		}
+		i := strings.Index(line, `reason="`)
+		j := strings.LastIndexByte(line, ' ')
+		if i < 0 || j < 0 {
+			continue
+		}
+		reason := line[i+8:]
+		reason = reason[:strings.IndexByte(reason, '"')]
+		v, _ := strconv.ParseFloat(line[j+1:], 64)
+		out[reason] += v
+	}
+	return out
+}

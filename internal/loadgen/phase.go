@@ -1,0 +1,256 @@
+package loadgen
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Mixes of a latency phase.
+const (
+	// mixSmall: WebSocket, a 3 KB full create and then chained 3 KB creates (a full 3 KB
+	// create again every cycleLen turns). Over HTTP: every turn a 3 KB full create.
+	mixSmall = "small"
+	// mixBig: WebSocket, a 175 KB full create then one chained 3 KB create (the tool
+	// output), again and again. Over HTTP: every turn a 175 KB full create.
+	mixBig = "big"
+)
+
+// phaseSpec describes one interleaved latency phase.
+type phaseSpec struct {
+	name      string
+	transport string // "ws" or "http"
+	mix       string
+	store     string // "redis" or "local", for the report
+	sessions  int
+	pairs     int           // turn pairs per session (upper bound)
+	maxWall   time.Duration // upper bound of the phase
+	gateways  []*gatewayProc
+	redis     *redisProc // nil for the local store
+}
+
+// PhaseResult is one interleaved phase.
+type PhaseResult struct {
+	Name      string        `json:"name"`
+	Transport string        `json:"transport"`
+	Mix       string        `json:"mix"`
+	Store     string        `json:"store"`
+	Sessions  int           `json:"sessions"`
+	Instances int           `json:"instances"`
+	Pairs     int           `json:"pairs"`
+	Errors    int           `json:"errors"`
+	FirstErr  string        `json:"first_error,omitempty"`
+	WallSec   float64       `json:"wall_sec"`
+	Classes   []ClassResult `json:"classes"`
+	// GatewayCPUms is the CPU time (user+system) of the gateway process(es) during the
+	// phase; CPUPerTurnUs divides it by the turns that went through the gateway.
+	GatewayCPUms float64 `json:"gateway_cpu_ms"`
+	CPUPerTurnUs float64 `json:"gateway_cpu_per_turn_us"`
+	// CPUsPer1000 is gateway CPU seconds per 1,000 turns.
+	CPUsPer1000 float64 `json:"gateway_cpu_s_per_1000_turns"`
+	RSSBytes    int64   `json:"gateway_rss_bytes"`
+	// TurnsPerSec is (gateway turns + direct turns) / wall: the pace of the interleaved
+	// phase, not a throughput limit (see the throughput phase for that).
+	TurnsPerSec float64     `json:"turns_per_sec"`
+	Redis       *redisDelta `json:"redis,omitempty"`
+	// Per 1,000 gateway turns.
+	RedisReadRTPer1000  float64 `json:"redis_read_round_trips_per_1000_turns"`
+	RedisWriteRTPer1000 float64 `json:"redis_write_round_trips_per_1000_turns"`
+	RedisCmdsPer1000    float64 `json:"redis_commands_per_1000_turns"`
+}
+
+// env is what every phase shares.
+type env struct {
+	direct  *target
+	httpCli func() *http.Client
+	seed    atomic.Uint64
+	logf    func(format string, args ...any)
+}
+
+func newHTTPClient(n int) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConns:        n,
+		MaxIdleConnsPerHost: n,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}}
+}
+
+func (e *env) gatewayTarget(g *gatewayProc, cli *http.Client) *target {
+	return &target{name: "gateway", wsURL: g.wsURL(), httpURL: g.httpURL(), http: cli}
+}
+
+// runPhase runs sessions workers; each holds one conversation direct and the same
+// conversation through a gateway and runs every turn on both, back to back, in random
+// order, so that both sides see the same machine state. Workers are spread over the
+// gateways round robin.
+func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
+	res := PhaseResult{Name: ps.name, Transport: ps.transport, Mix: ps.mix, Store: ps.store,
+		Sessions: ps.sessions, Instances: len(ps.gateways)}
+	directCli := newHTTPClient(ps.sessions + 4)
+	directT := &target{name: "direct", wsURL: e.direct.wsURL, httpURL: e.direct.httpURL, http: directCli}
+	gwCli := newHTTPClient(ps.sessions + 4)
+	gts := make([]*target, len(ps.gateways))
+	for i, g := range ps.gateways {
+		gts[i] = e.gatewayTarget(g, gwCli)
+	}
+	// Connections are set up under their own bound; maxWall starts with the first turn.
+	dctx, dcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer dcancel()
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	type workerOut struct {
+		pairs   map[string]*pairSet
+		n       int
+		err     error
+		gwTurns int
+	}
+	outs := make([]workerOut, ps.sessions)
+	var ready, wg sync.WaitGroup
+	start := make(chan struct{})
+	var meter *cpuMeter
+	var rbefore map[string]int64
+	ready.Add(ps.sessions)
+	for w := 0; w < ps.sessions; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			o := &outs[w]
+			o.pairs = map[string]*pairSet{}
+			seed := e.seed.Add(1)
+			sid := fmt.Sprintf("lg-%s-%d-%d", ps.name, w, seed)
+			p := newPayloads(sid, seed)
+			hdr := clientHeaders(sid, fmt.Sprintf("t%d", w%4))
+			rng := rand.New(rand.NewPCG(seed, 7))
+			gt := gts[w%len(gts)]
+			var turnD, turnG func(context.Context) (sample, error)
+			if ps.transport == "ws" {
+				d, err := dialWS(dctx, directT, hdr, p)
+				if err != nil {
+					o.err = err
+					ready.Done()
+					return
+				}
+				defer d.close()
+				g, err := dialWS(dctx, gt, hdr, p)
+				if err != nil {
+					o.err = err
+					ready.Done()
+					return
+				}
+				defer g.close()
+				if ps.mix == mixBig {
+					d.big, g.big = true, true
+				}
+				turnD, turnG = d.turn, g.turn
+			} else {
+				d := &httpSession{tg: directT, hdr: hdr, p: p, big: ps.mix == mixBig}
+				g := &httpSession{tg: gt, hdr: hdr, p: p, big: ps.mix == mixBig}
+				turnD, turnG = d.turn, g.turn
+			}
+			ready.Done()
+			<-start
+			for i := 0; i < ps.pairs && pctx.Err() == nil; i++ {
+				var sd, sg sample
+				var err error
+				if rng.IntN(2) == 0 {
+					if sd, err = turnD(pctx); err == nil {
+						sg, err = turnG(pctx)
+						if err == nil {
+							o.gwTurns++
+						}
+					}
+				} else {
+					if sg, err = turnG(pctx); err == nil {
+						o.gwTurns++
+						sd, err = turnD(pctx)
+					}
+				}
+				if err != nil {
+					if pctx.Err() == nil {
+						o.err = err
+					}
+					return
+				}
+				ps := o.pairs[sd.class]
+				if ps == nil {
+					ps = &pairSet{}
+					o.pairs[sd.class] = ps
+				}
+				ps.add(sd, sg)
+				o.n++
+			}
+		}(w)
+	}
+	ready.Wait()
+	meter = newCPUMeter(ps.gateways...)
+	if ps.redis != nil {
+		rbefore = ps.redis.commandStats()
+	}
+	t0 := time.Now()
+	stopTimer := time.AfterFunc(ps.maxWall, cancel)
+	defer stopTimer.Stop()
+	close(start)
+	wg.Wait()
+	wall := time.Since(t0)
+	cpu, rss := meter.stop()
+	if ps.redis != nil {
+		d := diffCommandStats(rbefore, ps.redis.commandStats())
+		res.Redis = &d
+	}
+	all := map[string]*pairSet{}
+	gwTurns := 0
+	for _, o := range outs {
+		res.Pairs += o.n
+		gwTurns += o.gwTurns
+		if o.err != nil {
+			res.Errors++
+			if res.FirstErr == "" {
+				res.FirstErr = o.err.Error()
+			}
+		}
+		for c, p := range o.pairs {
+			if all[c] == nil {
+				all[c] = &pairSet{}
+			}
+			all[c].merge(p)
+		}
+	}
+	classes := make([]string, 0, len(all))
+	for c := range all {
+		classes = append(classes, c)
+	}
+	sort.Strings(classes)
+	for _, c := range classes {
+		res.Classes = append(res.Classes, all[c].result(c))
+	}
+	res.WallSec = wall.Seconds()
+	res.GatewayCPUms = float64(cpu.Microseconds()) / 1e3
+	if gwTurns > 0 {
+		res.CPUPerTurnUs = float64(cpu.Microseconds()) / float64(gwTurns)
+		res.CPUsPer1000 = cpu.Seconds() / float64(gwTurns) * 1000
+		if res.Redis != nil {
+			k := 1000 / float64(gwTurns)
+			res.RedisReadRTPer1000 = float64(res.Redis.ReadRoundTrips) * k
+			res.RedisWriteRTPer1000 = float64(res.Redis.WriteRoundTrips) * k
+			var n int64
+			for _, v := range res.Redis.Commands {
+				n += v
+			}
+			res.RedisCmdsPer1000 = float64(n) * k
+		}
+	}
+	res.RSSBytes = rss
+	res.TurnsPerSec = float64(2*res.Pairs) / wall.Seconds()
+	directCli.CloseIdleConnections()
+	gwCli.CloseIdleConnections()
+	e.logf("phase %-22s %5d pairs in %5.1fs, gateway CPU %.0f µs/turn, errors %d %s", ps.name, res.Pairs, res.WallSec, res.CPUPerTurnUs, res.Errors, res.FirstErr)
+	return res
+}

@@ -1,0 +1,126 @@
+package loadgen
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strings"
+)
+
+func f0(v float64) string {
+	if math.IsNaN(v) {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func quad(d Dist) string {
+	return strings.Join([]string{f0(d.P50), f0(d.P90), f0(d.P99), f0(d.P999)}, " / ")
+}
+
+// writeTables prints the report as Markdown tables (they go into BENCHMARKS.md as is).
+func writeTables(w io.Writer, r *Report) {
+	fmt.Fprintf(w, "Run %s, %s, %d CPUs, load average %s before, %s after, %.0f s.\n\n",
+		r.Started, r.GoVersion, r.CPUs, r.LoadBefore, r.LoadAfter, r.WallSec)
+	fmt.Fprintln(w, "Latency added by the gateway, µs: \"added\" = gateway percentile − direct percentile;")
+	fmt.Fprintln(w, "\"paired\" = percentiles of the per-turn differences (same turn, back to back). Each cell p50 / p90 / p99 / p99.9.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| phase | class | pairs | direct p50 first / terminal | added, first event | paired, first event | added, terminal | paired, terminal |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, p := range r.Phases {
+		for _, c := range p.Classes {
+			if c.Pairs < 10 {
+				continue // the first create of each session, when the mix is about the rest
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | %s / %s | %s | %s | %s | %s |\n", p.Name, c.Class, c.Pairs,
+				f0(c.DirectTTFE.P50), f0(c.DirectTotal.P50), quad(c.AddedTTFE), quad(c.PairedTTFE), quad(c.AddedTotal), quad(c.PairedTotal))
+		}
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Gateway cost per phase (CPU of the gateway process only; Redis counted from INFO commandstats):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| phase | instances | gateway turns | CPU µs/turn | CPU s / 1,000 turns | RSS MiB | Redis read RT / 1,000 turns | write RT / 1,000 | commands / 1,000 | pace, turns/s (both sides) | errors |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, p := range r.Phases {
+		rr, wr, cm := "–", "–", "–"
+		if p.Redis != nil {
+			rr, wr, cm = fmt.Sprintf("%.0f", p.RedisReadRTPer1000), fmt.Sprintf("%.0f", p.RedisWriteRTPer1000), fmt.Sprintf("%.0f", p.RedisCmdsPer1000)
+		}
+		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %.3f | %.0f | %s | %s | %s | %.0f | %d |\n", p.Name, p.Instances, p.Pairs,
+			p.CPUPerTurnUs, p.CPUsPer1000, float64(p.RSSBytes)/(1<<20), rr, wr, cm, p.TurnsPerSec, p.Errors)
+	}
+	for _, p := range r.Phases {
+		if p.Redis != nil && len(p.Redis.Commands) > 0 && strings.HasPrefix(p.Name, "ws-small-1-") {
+			keys := make([]string, 0, len(p.Redis.Commands))
+			for k := range p.Redis.Commands {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			var parts []string
+			for _, k := range keys {
+				parts = append(parts, fmt.Sprintf("%s %d", k, p.Redis.Commands[k]))
+			}
+			fmt.Fprintf(w, "\nRedis commands in %s (%d gateway turns): %s\n", p.Name, p.Pairs, strings.Join(parts, ", "))
+		}
+	}
+	if t := r.Throughput; t != nil {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "Saturation (%d sessions of chained 3 KB WebSocket turns, %d × %.1f s windows per side, alternating):\n\n", t.Sessions, t.Windows, t.WindowSec)
+		fmt.Fprintln(w, "| direct turns/s | gateway turns/s | ratio | gateway CPU (cores) | gateway CPU µs/turn | errors |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		fmt.Fprintf(w, "| %.0f | %.0f | **%.2f** | %.2f | %.0f | %d |\n", t.DirectTurnsPS, t.GatewayTurnsPS, t.Ratio, t.GatewayCPUUtil, t.CPUPerTurnUs, t.Errors)
+	}
+	if s := r.Stream; s != nil {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "Streaming relay (one session, one turn of %d events, median of %d per side):\n\n", s.EventsPerTurn, s.Reps)
+		fmt.Fprintln(w, "| direct events/s | gateway events/s | ratio | gateway CPU µs / 1,000 events |")
+		fmt.Fprintln(w, "|---|---|---|---|")
+		fmt.Fprintf(w, "| %.0f | %.0f | %.2f | %.0f |\n", s.DirectEPS, s.GatewayEPS, s.Ratio, s.GatewayCPUPerK)
+		if s.Error != "" {
+			fmt.Fprintf(w, "\nerror: %s\n", s.Error)
+		}
+	}
+	if i := r.Idle; i != nil {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "Idle sessions (%d opened of %d, each a client connection plus its upstream connection after one warm-up create; after a forced GC):\n\n", i.Opened, i.Sessions)
+		fmt.Fprintln(w, "| RSS before → after, MiB | RSS per session, KiB | heap+stacks per session, KiB | goroutines per session | open time, s |")
+		fmt.Fprintln(w, "|---|---|---|---|---|")
+		fmt.Fprintf(w, "| %.0f → %.0f | %.1f | %.1f | %.1f | %.1f |\n", float64(i.RSSBefore)/(1<<20), float64(i.RSSAfter)/(1<<20),
+			i.RSSPerSession/1024, i.HeapPerSession/1024, i.GoroutinesPerSn, i.OpenSec)
+		if i.Error != "" {
+			fmt.Fprintf(w, "\nerror: %s\n", i.Error)
+		}
+	}
+	if m := r.Moved; m != nil {
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "Sessions that move (%d sessions over two instances on one Redis, reconnecting to the other instance every 4 turns, chain continued):\n\n", m.Sessions)
+		fmt.Fprintln(w, "| turns | arrivals (first + moves) | read RT per arrival | write RT per turn | gateway CPU µs/turn | errors |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		fmt.Fprintf(w, "| %d | %d | %.2f | %.2f | %.0f | %d |\n", m.Turns, m.MovedTurns, m.ReadRTPerMoved, m.WriteRTPerTurn, m.CPUPerTurnUs, m.Errors)
+		if m.FirstErr != "" {
+			fmt.Fprintf(w, "\nerror: %s\n", m.FirstErr)
+		}
+	}
+	for _, p := range r.Phases {
+		if p.FirstErr != "" {
+			fmt.Fprintf(w, "\n%s: %d errors, first: %s\n", p.Name, p.Errors, p.FirstErr)
+		}
+	}
+	if len(r.Profiles) > 0 {
+		fmt.Fprintf(w, "\nProfiles: %s\n", strings.Join(r.Profiles, ", "))
+	}
+	if len(r.RulesFired) > 0 {
+		keys := make([]string, 0, len(r.RulesFired))
+		for k := range r.RulesFired {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s %.0f", k, r.RulesFired[k]))
+		}
+		fmt.Fprintf(w, "\nRules fired over the run (all gateways): %s\n", strings.Join(parts, ", "))
+	}
+	fmt.Fprintf(w, "\nEmulator: %d connections, %d creates, %d responses, %d errors.\n", r.Emulator.Connections, r.Emulator.Creates, r.Emulator.Responses, r.Emulator.Errors)
+}

@@ -1,0 +1,388 @@
+package loadgen
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ThroughputResult is the saturation run: all sessions send as fast as they can, in
+// alternating windows all direct or all through the gateway.
+type ThroughputResult struct {
+	Sessions       int     `json:"sessions"`
+	Windows        int     `json:"windows_per_side"`
+	WindowSec      float64 `json:"window_sec"`
+	DirectTurnsPS  float64 `json:"direct_turns_per_sec"`
+	GatewayTurnsPS float64 `json:"gateway_turns_per_sec"`
+	Ratio          float64 `json:"ratio"`
+	// GatewayCPUUtil is gateway CPU seconds per wall second during its windows (2.0 = both
+	// cores); CPUPerTurnUs is the gateway CPU per turn at saturation.
+	GatewayCPUUtil float64 `json:"gateway_cpu_util"`
+	CPUPerTurnUs   float64 `json:"gateway_cpu_per_turn_us"`
+	Errors         int     `json:"errors"`
+	FirstErr       string  `json:"first_error,omitempty"`
+}
+
+// runThroughput alternates direct and gateway windows (direct first, then gateway, …) with
+// every worker running chained 3 KB WebSocket turns back to back.
+func (e *env) runThroughput(ctx context.Context, g *gatewayProc, sessions, windows int, window time.Duration) ThroughputResult {
+	res := ThroughputResult{Sessions: sessions, Windows: windows, WindowSec: window.Seconds()}
+	cli := newHTTPClient(sessions + 4)
+	defer cli.CloseIdleConnections()
+	directT := &target{name: "direct", wsURL: e.direct.wsURL, http: cli}
+	gt := e.gatewayTarget(g, cli)
+	var mode atomic.Int32 // 0 direct, 1 gateway, 2 stop
+	var done [2]atomic.Int64
+	var errs atomic.Int32
+	var firstErr atomic.Value
+	var wg, ready sync.WaitGroup
+	start := make(chan struct{})
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(2*windows+4)*window+30*time.Second)
+	defer cancel()
+	ready.Add(sessions)
+	for w := 0; w < sessions; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			seed := e.seed.Add(1)
+			sid := fmt.Sprintf("lg-tput-%d-%d", w, seed)
+			p := newPayloads(sid, seed)
+			hdr := clientHeaders(sid, fmt.Sprintf("t%d", w%4))
+			var ss [2]*wsSession
+			var err error
+			for i, tg := range []*target{directT, gt} {
+				if ss[i], err = dialWS(ctx, tg, hdr, p); err != nil {
+					errs.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					ready.Done()
+					return
+				}
+				defer ss[i].close()
+			}
+			ready.Done()
+			<-start
+			for i := 0; i < 1_000_000 && ctx.Err() == nil; i++ {
+				m := mode.Load()
+				if m == 2 {
+					return
+				}
+				if _, err := ss[m].turn(ctx); err != nil {
+					if ctx.Err() == nil {
+						errs.Add(1)
+						firstErr.CompareAndSwap(nil, err.Error())
+					}
+					return
+				}
+				done[m].Add(1)
+			}
+		}(w)
+	}
+	ready.Wait()
+	close(start)
+	var dur [2]time.Duration
+	var cpu time.Duration
+	for i := 0; i < 2*windows && ctx.Err() == nil; i++ {
+		m := int32(i % 2)
+		mode.Store(m)
+		n0 := done[m].Load()
+		t0 := time.Now()
+		var meter *cpuMeter
+		if m == 1 {
+			meter = newCPUMeter(g)
+		}
+		time.Sleep(window)
+		if meter != nil {
+			c, _ := meter.stop()
+			cpu += c
+		}
+		dur[m] += time.Since(t0)
+		_ = n0
+	}
+	mode.Store(2)
+	wg.Wait()
+	res.DirectTurnsPS = float64(done[0].Load()) / dur[0].Seconds()
+	res.GatewayTurnsPS = float64(done[1].Load()) / dur[1].Seconds()
+	if res.DirectTurnsPS > 0 {
+		res.Ratio = res.GatewayTurnsPS / res.DirectTurnsPS
+	}
+	res.GatewayCPUUtil = cpu.Seconds() / dur[1].Seconds()
+	if n := done[1].Load(); n > 0 {
+		res.CPUPerTurnUs = float64(cpu.Microseconds()) / float64(n)
+	}
+	res.Errors = int(errs.Load())
+	if v, ok := firstErr.Load().(string); ok {
+		res.FirstErr = v
+	}
+	e.logf("throughput %d sessions: direct %.0f turns/s, gateway %.0f turns/s (%.2f×), gateway CPU %.0f µs/turn",
+		sessions, res.DirectTurnsPS, res.GatewayTurnsPS, res.Ratio, res.CPUPerTurnUs)
+	return res
+}
+
+// StreamResult is the relay throughput of one session: a turn of many text deltas.
+type StreamResult struct {
+	EventsPerTurn  int     `json:"events_per_turn"`
+	Reps           int     `json:"reps"`
+	DirectEPS      float64 `json:"direct_events_per_sec"`
+	GatewayEPS     float64 `json:"gateway_events_per_sec"`
+	Ratio          float64 `json:"ratio"`
+	GatewayCPUPerK float64 `json:"gateway_cpu_us_per_1000_events"`
+	Error          string  `json:"error,omitempty"`
+}
+
+func (e *env) runStream(ctx context.Context, g *gatewayProc, reps int) StreamResult {
+	var res StreamResult
+	cli := newHTTPClient(4)
+	defer cli.CloseIdleConnections()
+	p := newPayloads("lg-stream", e.seed.Add(1))
+	hdr := clientHeaders("lg-stream", "s")
+	d, err := dialWS(ctx, &target{name: "direct", wsURL: e.direct.wsURL, http: cli}, hdr, p)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer d.close()
+	gs, err := dialWS(ctx, e.gatewayTarget(g, cli), hdr, p)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	defer gs.close()
+	var rates [2][]float64
+	var cpu time.Duration
+	var gwEvents int
+	for i := 0; i < reps; i++ {
+		for side, s := range []*wsSession{d, gs} {
+			var meter *cpuMeter
+			if side == 1 {
+				meter = newCPUMeter(g)
+			}
+			smp, _, err := s.exchange(ctx, p.stream)
+			if meter != nil {
+				c, _ := meter.stop()
+				cpu += c
+				gwEvents += smp.events
+			}
+			if err != nil {
+				res.Error = err.Error()
+				return res
+			}
+			res.EventsPerTurn = smp.events
+			rates[side] = append(rates[side], float64(smp.events)/smp.total.Seconds())
+		}
+	}
+	res.Reps = reps
+	slices.Sort(rates[0])
+	slices.Sort(rates[1])
+	res.DirectEPS, res.GatewayEPS = rates[0][reps/2], rates[1][reps/2]
+	res.Ratio = res.GatewayEPS / res.DirectEPS
+	if gwEvents > 0 {
+		res.GatewayCPUPerK = float64(cpu.Microseconds()) / float64(gwEvents) * 1000
+	}
+	e.logf("stream: %d events/turn, direct %.0f events/s, gateway %.0f events/s (%.2f×)", res.EventsPerTurn, res.DirectEPS, res.GatewayEPS, res.Ratio)
+	return res
+}
+
+// IdleResult is the memory of idle sessions on the gateway.
+type IdleResult struct {
+	Sessions        int     `json:"sessions"`
+	Opened          int     `json:"opened"`
+	RSSBefore       int64   `json:"rss_before_bytes"`
+	RSSAfter        int64   `json:"rss_after_bytes"`
+	HeapBefore      uint64  `json:"heap_inuse_before_bytes"`
+	HeapAfter       uint64  `json:"heap_inuse_after_bytes"`
+	StackBefore     uint64  `json:"stack_inuse_before_bytes"`
+	StackAfter      uint64  `json:"stack_inuse_after_bytes"`
+	Goroutines      int     `json:"goroutines_after"`
+	RSSPerSession   float64 `json:"rss_per_session_bytes"`
+	HeapPerSession  float64 `json:"heap_plus_stack_per_session_bytes"`
+	GoroutinesPerSn float64 `json:"goroutines_per_session"`
+	OpenSec         float64 `json:"open_sec"`
+	Error           string  `json:"error,omitempty"`
+}
+
+// runIdle opens n sessions on g, each with one warm-up create (generate:false, as Codex
+// starts) so that the gateway holds its upstream connection, and measures the gateway's
+// memory before and after, each after a forced GC.
+func (e *env) runIdle(ctx context.Context, g *gatewayProc, n int) IdleResult {
+	res := IdleResult{Sessions: n}
+	before, err := g.stats(true)
+	if err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	time.Sleep(200 * time.Millisecond)
+	res.RSSBefore = g.sample().rss
+	res.HeapBefore, res.StackBefore = before.HeapInuse, before.StackInuse
+	cli := newHTTPClient(64)
+	defer cli.CloseIdleConnections()
+	tg := e.gatewayTarget(g, cli)
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	sessions := make([]*wsSession, n)
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				sid := fmt.Sprintf("lg-idle-%d", i)
+				s, err := dialWS(ctx, tg, clientHeaders(sid, "idle"), nil)
+				if err == nil {
+					err = s.warmup(ctx)
+					if err != nil {
+						s.close()
+					}
+				}
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					return
+				}
+				sessions[i] = s
+			}
+		}()
+	}
+	wg.Wait()
+	res.OpenSec = time.Since(t0).Seconds()
+	for _, s := range sessions {
+		if s != nil {
+			res.Opened++
+		}
+	}
+	if v, ok := firstErr.Load().(string); ok {
+		res.Error = v
+	}
+	after, err := g.stats(true)
+	if err == nil {
+		time.Sleep(200 * time.Millisecond)
+		res.RSSAfter = g.sample().rss
+		res.HeapAfter, res.StackAfter, res.Goroutines = after.HeapInuse, after.StackInuse, after.Goroutines
+		if res.Opened > 0 {
+			k := float64(res.Opened)
+			res.RSSPerSession = float64(res.RSSAfter-res.RSSBefore) / k
+			res.HeapPerSession = (float64(res.HeapAfter) + float64(res.StackAfter) - float64(res.HeapBefore) - float64(res.StackBefore)) / k
+			res.GoroutinesPerSn = float64(after.Goroutines-before.Goroutines) / k
+		}
+	}
+	// Close them all, bounded.
+	var cw sync.WaitGroup
+	var ci atomic.Int64
+	for w := 0; w < 64; w++ {
+		cw.Add(1)
+		go func() {
+			defer cw.Done()
+			for {
+				i := int(ci.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if s := sessions[i]; s != nil {
+					_ = s.conn.CloseNow()
+				}
+			}
+		}()
+	}
+	cw.Wait()
+	e.logf("idle: %d sessions open in %.1fs: RSS %.1f KiB/session, heap+stack %.1f KiB/session, %.1f goroutines/session",
+		res.Opened, res.OpenSec, res.RSSPerSession/1024, res.HeapPerSession/1024, res.GoroutinesPerSn)
+	return res
+}
+
+// MovedResult is sessions that change gateway instance mid-conversation (a client
+// reconnecting elsewhere), through two instances on one Redis; gateway side only.
+type MovedResult struct {
+	Sessions     int         `json:"sessions"`
+	Turns        int         `json:"turns"`
+	MovedTurns   int         `json:"moved_turns"`
+	Errors       int         `json:"errors"`
+	FirstErr     string      `json:"first_error,omitempty"`
+	CPUPerTurnUs float64     `json:"gateway_cpu_per_turn_us"`
+	Redis        *redisDelta `json:"redis"`
+	// ReadRTPerMoved is read round trips per moved turn; ReadRTPerStayed is what the
+	// remaining (stayed) turns cost, computed from the stayed-only phase.
+	ReadRTPerMoved float64 `json:"read_round_trips_per_moved_turn"`
+	WriteRTPerTurn float64 `json:"write_round_trips_per_turn"`
+}
+
+// runMoved: each worker runs chained 3 KB turns and reconnects to the other instance every
+// moveEvery turns, continuing the chain (the gateway repairs it from the shared state).
+func (e *env) runMoved(ctx context.Context, gws []*gatewayProc, r *redisProc, sessions, turns, moveEvery int) MovedResult {
+	res := MovedResult{Sessions: sessions}
+	cli := newHTTPClient(sessions + 4)
+	defer cli.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	meter := newCPUMeter(gws...)
+	before := r.commandStats()
+	for w := 0; w < sessions; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			seed := e.seed.Add(1)
+			sid := fmt.Sprintf("lg-moved-%d-%d", w, seed)
+			p := newPayloads(sid, seed)
+			hdr := clientHeaders(sid, "m")
+			var s *wsSession
+			n, moved := 0, 0
+			var err error
+			for i := 0; i < turns && ctx.Err() == nil; i++ {
+				if i%moveEvery == 0 {
+					if s != nil {
+						s.close()
+					}
+					moved++ // an arrival: the first connection or a move
+					var ns *wsSession
+					if ns, err = dialWS(ctx, e.gatewayTarget(gws[(w+i/moveEvery)%len(gws)], cli), hdr, p); err != nil {
+						break
+					}
+					if s != nil {
+						ns.step, ns.prev, ns.call = s.step, s.prev, s.call
+					}
+					s = ns
+				}
+				if _, err = s.turn(ctx); err != nil {
+					break
+				}
+				n++
+			}
+			if s != nil {
+				s.close()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			res.Turns += n
+			res.MovedTurns += moved
+			if err != nil {
+				res.Errors++
+				if res.FirstErr == "" {
+					res.FirstErr = err.Error()
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	cpu, _ := meter.stop()
+	d := diffCommandStats(before, r.commandStats())
+	res.Redis = &d
+	if res.Turns > 0 {
+		res.CPUPerTurnUs = float64(cpu.Microseconds()) / float64(res.Turns)
+		res.WriteRTPerTurn = float64(d.WriteRoundTrips) / float64(res.Turns)
+	}
+	if res.MovedTurns > 0 {
+		res.ReadRTPerMoved = float64(d.ReadRoundTrips) / float64(res.MovedTurns)
+	}
+	e.logf("moved: %d turns, %d moved, %.2f read round trips per moved turn, %.2f write round trips per turn, errors %d %s",
+		res.Turns, res.MovedTurns, res.ReadRTPerMoved, res.WriteRTPerTurn, res.Errors, res.FirstErr)
+	return res
+}

@@ -1,0 +1,112 @@
+package statestore
+
+import (
+	"context"
+	"errors"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Prefetcher is implemented by stores that can read a turn's state from their remote tier
+// in one round trip ahead of the individual reads. *Tiered implements it.
+type Prefetcher interface {
+	// Prefetch reads whatever the local tier lacks of the session's anchor, its replay
+	// transcript and the pending calls of responseIDs, and keeps it locally, so that the
+	// Anchor, Replay and Pending calls that follow are local hits.
+	Prefetch(ctx context.Context, scope Scope, responseIDs ...string)
+}
+
+var _ Prefetcher = (*Tiered)(nil)
+
+// Prefetch is for a session that arrives on this instance (a new connection, or an HTTP
+// request) with state that may live only in Redis, such as a client that reconnected to
+// another instance. Read one by one, the anchor, then the pending calls of the response it
+// names, then the transcript cost three round trips; here they go in one pipeline. The
+// anchor is not known before the read, so the caller names the response the request itself
+// chains to (its previous_response_id), which is the anchor whenever the chain is intact;
+// when the anchor turns out to be another response, its pending calls are read by Pending
+// as before (a second round trip, only on a broken chain).
+//
+// Each answer is handled exactly as the single read would handle it (decoded, counted as
+// a Redis lookup, backfilled with the hot TTL, or remembered briefly as absent), so the
+// reads that follow see the same state they would have read themselves. It does nothing
+// without Redis or when the local tier holds everything. A Redis failure is dropped here:
+// the reads that follow try again and answer Unknown as usual.
+func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...string) {
+	if s.rdb == nil || scope.Tenant == "" {
+		return
+	}
+	type pend struct {
+		k   lkey
+		gen uint64
+		cmd *redis.StringCmd
+	}
+	var (
+		ak, rk       = lkey{kind: KindAnchor, tenant: scope.Tenant, id: scope.Session}, lkey{kind: KindReplay, tenant: scope.Tenant, id: scope.Session}
+		needSession  = scope.Session != ""
+		needAnchor   bool
+		needReplay   bool
+		agen, rgen   uint64
+		pends        []pend
+		anchorCmd    *redis.StringCmd
+		lrange       *redis.StringSliceCmd
+		hmget        *redis.SliceCmd
+		pendingArray [2]pend
+	)
+	if needSession {
+		if _, _, ok := s.local.anchor(ak); !ok {
+			needAnchor, agen = true, s.local.generation(ak)
+		}
+		if _, _, ok := s.local.replay(rk); !ok {
+			needReplay, rgen = true, s.local.generation(rk)
+		}
+	}
+	pends = pendingArray[:0]
+	for _, id := range responseIDs {
+		if id == "" {
+			continue
+		}
+		k := lkey{kind: KindPending, tenant: scope.Tenant, id: id}
+		if _, _, ok := s.local.pending(k); !ok {
+			pends = append(pends, pend{k: k, gen: s.local.generation(k)})
+		}
+	}
+	if !needAnchor && !needReplay && len(pends) == 0 {
+		return
+	}
+	err := s.do(ctx, opAnchor, func(ctx context.Context) error {
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if needAnchor {
+				anchorCmd = p.Get(ctx, sessionKey(scope.Tenant, scope.Session, suffixAnchor))
+			}
+			for i := range pends {
+				pends[i].cmd = p.Get(ctx, pendingKey(scope.Tenant, pends[i].k.id))
+			}
+			if needReplay {
+				lrange = p.LRange(ctx, sessionKey(scope.Tenant, scope.Session, suffixReplay), 0, -1)
+				hmget = p.HMGet(ctx, sessionKey(scope.Tenant, scope.Session, suffixReplayMeta), "b", "t", "l", "x", "e")
+			}
+			return nil
+		})
+		if errors.Is(err, redis.Nil) {
+			return nil // an answer: some key does not exist
+		}
+		return err
+	})
+	if err != nil {
+		return
+	}
+	if anchorCmd != nil {
+		s.anchorFrom(ak, agen, anchorCmd.Val(), anchorCmd.Err())
+	}
+	for _, p := range pends {
+		s.pendingFrom(p.k, p.gen, p.cmd.Val(), p.cmd.Err())
+	}
+	if lrange != nil {
+		err := lrange.Err()
+		if err == nil {
+			err = hmget.Err()
+		}
+		s.replayFrom(rk, rgen, lrange.Val(), hmget.Val(), err)
+	}
+}
