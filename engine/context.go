@@ -484,10 +484,14 @@ func editsHistory(r *responses.Request, prev *Previous) bool {
 	for _, k := range prev.ItemKeys {
 		known[k] = struct{}{}
 	}
-	// Only items with an identity (an id or a call id) can show that the client resent the
-	// previous context: two identical messages without ids ("continue", twice) are new input.
-	repeats := false
+	// Items with an identity (an id or a call id) show that the client resent the previous
+	// context. Items without one only count when the input starts where the previous context
+	// started: two identical id-less messages ("continue", twice) are new input.
+	repeats := len(items) > 1 && items[0].Key() == prev.ItemKeys[0]
 	for i := range items {
+		if repeats {
+			break
+		}
 		if items[i].ID == "" && items[i].CallID == "" {
 			continue
 		}
