@@ -4,7 +4,7 @@ BIN := bin
 POLICIES ?= policies
 GOFLAGS_TEST ?= -count=1
 
-.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean e2e-codex
+.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean e2e-codex deps-codex build-debug
 
 all: build
 
@@ -33,10 +33,13 @@ deps-redis:
 	  { echo "installing redis-server"; (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 	@redis-server --version
 
-# test runs everything: vet, gofmt, the policy checks, unit + integration tests under -race,
-# and a short fuzz pass of each parser.
-test: deps-redis fmt-check vet check-policies policytest e2e-codex
-	$(GO) test $(GOFLAGS_TEST) -race ./...
+# test runs everything: vet, gofmt, the policy checks, unit + integration + end-to-end tests
+# under -race (Redis, the Redis Cluster and the real Codex CLI included: deps-redis and
+# deps-codex install what is missing), the debug build's end-to-end suite, and a short fuzz
+# pass of each parser.
+test: deps-redis deps-codex fmt-check vet check-policies policytest
+	CHAINMEND_CODEX=$(abspath $(CODEX_BIN)) $(GO) test $(GOFLAGS_TEST) -race ./...
+	$(GO) test $(GOFLAGS_TEST) -race -tags debug ./gateway/
 	$(MAKE) fuzz-short
 
 # e2e-codex runs the real Codex CLI through the gateway (e2e/codex_test.go) and replays its
@@ -48,7 +51,7 @@ CODEX_VERSION ?= 0.169.0
 CODEX_DIR ?= .cache/codex
 CODEX_BIN = $(CODEX_DIR)/node_modules/.bin/codex
 
-e2e-codex:
+deps-codex:
 	@command -v npm >/dev/null 2>&1 || { echo "installing npm"; (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
 	@if ! $(CODEX_BIN) --version 2>/dev/null | grep -qx "codex-cli $(CODEX_VERSION)"; then \
 	  echo "installing @openai/codex@$(CODEX_VERSION) into $(CODEX_DIR)"; \
@@ -56,6 +59,8 @@ e2e-codex:
 	  npm install --prefix $(CODEX_DIR) --no-save --no-package-lock --no-audit --no-fund --loglevel=error @openai/codex@$(CODEX_VERSION) && \
 	  $(CODEX_BIN) --version | grep -qx "codex-cli $(CODEX_VERSION)"; \
 	fi
+
+e2e-codex: deps-codex
 	CHAINMEND_CODEX=$(abspath $(CODEX_BIN)) $(GO) test $(GOFLAGS_TEST) -race -run '^TestCodex' -v ./e2e/
 
 vet:
@@ -78,7 +83,9 @@ bench:
 # briefly (FUZZ_SHORT) so that the seed corpora in testdata/fuzz stay exercised.
 FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch responses:FuzzSSE responses:FuzzEvent engine:FuzzCompile emulator:FuzzCreate
 FUZZTIME ?= 60s
-FUZZ_SHORT ?= 5s
+# A count, not a duration: under load the fuzzer's baseline pass can outlast a short
+# -fuzztime and end in "context deadline exceeded".
+FUZZ_SHORT ?= 3000x
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \

@@ -89,6 +89,10 @@ func ReadSources(paths ...string) ([]Source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read policies: %w", err)
 		}
+		root, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return nil, fmt.Errorf("read policies: %w", err)
+		}
 		for _, e := range entries {
 			name := e.Name()
 			if strings.HasPrefix(name, ".") || e.IsDir() {
@@ -96,6 +100,15 @@ func ReadSources(paths ...string) ([]Source, error) {
 			}
 			if ext := filepath.Ext(name); ext != ".yaml" && ext != ".yml" {
 				continue
+			}
+			// Links may point inside the directory (a ConfigMap's ..data layout) but not out
+			// of it: a policy directory is a trust boundary.
+			real, err := filepath.EvalSymlinks(filepath.Join(p, name))
+			if err != nil {
+				return nil, fmt.Errorf("read policies: %w", err)
+			}
+			if rel, err := filepath.Rel(root, real); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+				return nil, fmt.Errorf("read policies: %s resolves to %s, outside %s", filepath.Join(p, name), real, p)
 			}
 			data, err := readBounded(filepath.Join(p, name))
 			if err != nil {

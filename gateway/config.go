@@ -44,6 +44,15 @@ type Config struct {
 	ReplayCapBytes int `yaml:"replay_cap_bytes"`
 	// StoreTimeout is the per-operation Redis deadline.
 	StoreTimeout time.Duration `yaml:"store_timeout"`
+	// MaxConnections caps open client WebSocket connections; MaxTenantConnections caps them
+	// per tenant (credential), so one tenant cannot starve the others.
+	MaxConnections       int `yaml:"max_connections"`
+	MaxTenantConnections int `yaml:"max_tenant_connections"`
+	// MaxQueuedFrames bounds the frames a client may send while its turn is in flight
+	// (one turn runs at a time; later creates wait in this queue).
+	MaxQueuedFrames int `yaml:"max_queued_frames"`
+	// ShutdownGrace is how long in-flight turns may run on after SIGTERM.
+	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 	// ReloadGate is a fixture directory a reloaded policy set must pass; empty: none.
 	ReloadGate string `yaml:"reload_gate"`
 	// ReloadPoll is the period of the policy directory's checksum poll.
@@ -70,6 +79,11 @@ func DefaultConfig() Config {
 		ReplayCapBytes:    4 << 20,
 		StoreTimeout:      50 * time.Millisecond,
 		ReloadPoll:        5 * time.Second,
+
+		MaxConnections:       10000,
+		MaxTenantConnections: 512,
+		MaxQueuedFrames:      16,
+		ShutdownGrace:        20 * time.Second,
 	}
 }
 
@@ -83,6 +97,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxFrameBytes <= 0 {
 		return fmt.Errorf("max frame bytes must be positive")
+	}
+	if c.MaxConnections <= 0 || c.MaxTenantConnections <= 0 || c.MaxQueuedFrames <= 0 {
+		return fmt.Errorf("connection and queue limits must be positive")
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ type metrics struct {
 	clients     prometheus.Gauge
 	activeSet   *prometheus.GaugeVec
 	storeErrors prometheus.Counter
+	limits      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,12 +51,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "chainmend", Name: "policy_set_active",
 			Help: "1 for the active policy set's hash.",
 		}, []string{"hash"}),
+		limits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "chainmend", Name: "limit_rejections_total",
+			Help: "Requests refused by a limit (connections, tenant_connections, queued_frames, frame_size, shutting_down).",
+		}, []string{"limit"}),
 		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "chainmend", Name: "bookkeeping_errors_total",
 			Help: "Turn bookkeeping writes the store reported as failed (the local copy is kept).",
 		}),
 	}
 	reg.MustRegister(m.turns, m.turnSeconds, m.recoveries, m.upstream, m.frames, m.badFrames,
-		m.clients, m.activeSet, m.storeErrors)
+		m.clients, m.activeSet, m.storeErrors, m.limits)
 	return m
 }

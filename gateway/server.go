@@ -41,7 +41,10 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
+	tenants  map[string]int
+	conns    int
 	closed   bool
+	draining bool
 	connSeq  atomic.Uint64
 	instance string
 }
@@ -72,7 +75,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}}
+	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, tenants: map[string]int{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -158,6 +161,10 @@ func (s *Server) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.Draining() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
 		if s.snap.Load() == nil {
 			http.Error(w, "no policy set loaded", http.StatusServiceUnavailable)
 			return
@@ -196,6 +203,32 @@ func (s *Server) Close() error {
 	return s.store.Close()
 }
 
+// admit reserves a connection slot for a tenant, or says which limit refuses it.
+func (s *Server) admit(tenant string) (limit string, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed || s.draining:
+		return "shutting_down", false
+	case s.conns >= s.cfg.MaxConnections:
+		return "connections", false
+	case s.tenants[tenant] >= s.cfg.MaxTenantConnections:
+		return "tenant_connections", false
+	}
+	s.conns++
+	s.tenants[tenant]++
+	return "", true
+}
+
+func (s *Server) release(tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns--
+	if s.tenants[tenant]--; s.tenants[tenant] <= 0 {
+		delete(s.tenants, tenant)
+	}
+}
+
 func (s *Server) track(ss *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -212,6 +245,50 @@ func (s *Server) untrack(ss *session) {
 	delete(s.sessions, ss)
 	s.mu.Unlock()
 	s.metrics.clients.Dec()
+}
+
+// Shutdown drains the gateway: no new connections or turns, turns in flight run to their
+// end, then every client is closed with 1001 (going away). When ctx ends first, the
+// remaining sessions are closed at once. Turn bookkeeping is written synchronously, so
+// the store holds everything once Shutdown returns.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.drain()
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.mu.Lock()
+		n := len(s.sessions)
+		s.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			for ss := range s.sessions {
+				ss.shutdown()
+			}
+			s.mu.Unlock()
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
 }
 
 // forwardHeaders copies the client's headers for the upstream: Authorization and every

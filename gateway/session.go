@@ -7,12 +7,14 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"chainmend/engine"
 	"chainmend/responses"
+	"chainmend/statestore"
 )
 
 // clientFrame is one frame read from the client.
@@ -34,9 +36,28 @@ type session struct {
 	cancel context.CancelFunc
 	in     chan clientFrame
 	rdErr  error
+	// drainCh is closed by Server.Shutdown: the session ends after its turn in flight.
+	drainCh   chan struct{}
+	drainOnce sync.Once
 }
 
+func (ss *session) drain() { ss.drainOnce.Do(func() { close(ss.drainCh) }) }
+
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
+	tenant := statestore.TenantOf(r.Header.Get("Authorization"))
+	if limit, ok := s.admit(tenant); !ok {
+		s.metrics.limits.WithLabelValues(limit).Inc()
+		status, msg := http.StatusTooManyRequests, "too many open connections"
+		switch limit {
+		case "tenant_connections":
+			msg = fmt.Sprintf("too many open connections for this credential (limit %d)", s.cfg.MaxTenantConnections)
+		case "shutting_down":
+			status, msg = http.StatusServiceUnavailable, "the gateway is shutting down; reconnect"
+		}
+		httpError(w, responses.ErrorBody{Status: status, Type: "rate_limit_error", Code: limit, Message: msg})
+		return
+	}
+	defer s.release(tenant)
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		return
@@ -44,13 +65,14 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	c.SetReadLimit(s.cfg.MaxFrameBytes)
 	ctx, cancel := context.WithCancel(context.Background())
 	ss := &session{
-		srv:    s,
-		client: c,
-		hdr:    forwardHeaders(r.Header),
-		connID: s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36),
-		ctx:    ctx,
-		cancel: cancel,
-		in:     make(chan clientFrame, 8),
+		srv:     s,
+		client:  c,
+		hdr:     forwardHeaders(r.Header),
+		connID:  s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36),
+		ctx:     ctx,
+		cancel:  cancel,
+		in:      make(chan clientFrame, s.cfg.MaxQueuedFrames),
+		drainCh: make(chan struct{}),
 	}
 	if !s.track(ss) {
 		_ = c.Close(websocket.StatusGoingAway, "shutting down")
@@ -76,15 +98,26 @@ func (ss *session) run() {
 		_ = ss.client.CloseNow()
 	}()
 	go ss.readLoop()
-	for f := range ss.in {
-		if ss.ctx.Err() != nil {
-			continue // the client is gone: frames still queued cannot be answered
+loop:
+	for {
+		select {
+		case <-ss.drainCh:
+			// Between turns: nothing is in flight, so the client can go now.
+			_ = ss.client.Close(websocket.StatusGoingAway, "gateway shutting down; reconnect")
+			return
+		case f, ok := <-ss.in:
+			if !ok {
+				break loop
+			}
+			if ss.ctx.Err() != nil {
+				continue // the client is gone: frames still queued cannot be answered
+			}
+			if f.typ != websocket.MessageText {
+				ss.refuse("unsupported_frame", "binary frames are not supported; send response.create as a JSON text frame")
+				continue
+			}
+			ss.dispatch(f.data)
 		}
-		if f.typ != websocket.MessageText {
-			ss.refuse("unsupported_frame", "binary frames are not supported; send response.create as a JSON text frame")
-			continue
-		}
-		ss.dispatch(f.data)
 	}
 	var ce websocket.CloseError
 	if errors.As(ss.rdErr, &ce) || errors.Is(ss.rdErr, context.Canceled) {
@@ -111,6 +144,12 @@ func (ss *session) readLoop() {
 		case ss.in <- clientFrame{typ, data}:
 		case <-ss.ctx.Done():
 			return
+		default:
+			// The client keeps sending while its turns wait: refuse this frame rather than
+			// buffer without bound (Write is safe alongside the turn loop's writes).
+			ss.srv.metrics.limits.WithLabelValues("queued_frames").Inc()
+			ss.writeError(responses.ErrorBody{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "too_many_queued_frames",
+				Message: fmt.Sprintf("more than %d frames are waiting for the turn in flight; this one was dropped", ss.srv.cfg.MaxQueuedFrames)})
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package responses
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -72,4 +73,48 @@ func BenchmarkEventKind(b *testing.B) {
 			b.Fatal("kind")
 		}
 	}
+}
+
+// BenchmarkSSERead reads a streamed response of 1,000 events (the HTTP relay's per-event
+// parse); the baseline splits the same bytes into lines with bufio.Scanner, the least a
+// line-oriented relay can do.
+func BenchmarkSSERead(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\"}}\n\n")
+	for i := 0; i < 998; i++ {
+		fmt.Fprintf(&sb, "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"tok%d \"}\n\n", i)
+	}
+	sb.WriteString("event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"output\":[]}}\n\n")
+	stream := sb.String()
+	b.Run("sse_reader", func(b *testing.B) {
+		b.SetBytes(int64(len(stream)))
+		b.ReportAllocs()
+		for b.Loop() {
+			rd := NewSSEReader(strings.NewReader(stream))
+			n := 0
+			for {
+				if _, err := rd.Next(); err != nil {
+					break
+				}
+				n++
+			}
+			if n != 1000 {
+				b.Fatal(n)
+			}
+		}
+	})
+	b.Run("baseline_line_split", func(b *testing.B) {
+		b.SetBytes(int64(len(stream)))
+		b.ReportAllocs()
+		for b.Loop() {
+			sc := bufio.NewScanner(strings.NewReader(stream))
+			n := 0
+			for sc.Scan() {
+				n++
+			}
+			if n != 3000 {
+				b.Fatal(n)
+			}
+		}
+	})
 }

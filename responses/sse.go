@@ -26,10 +26,20 @@ type SSEReader struct {
 	max int
 }
 
+// sseBufferSize is the read buffer of an SSEReader. Longer lines are read in several
+// chunks; the buffer is allocated (and zeroed) per response, so it is kept small (issue 7:
+// 64 KiB per HTTP turn was a fifth of the gateway's allocated bytes).
+const sseBufferSize = 8 << 10
+
 // NewSSEReader reads events from r.
 func NewSSEReader(r io.Reader) *SSEReader {
-	return &SSEReader{r: bufio.NewReaderSize(r, 64<<10), max: MaxSSEEvent}
+	return &SSEReader{r: bufio.NewReaderSize(r, sseBufferSize), max: MaxSSEEvent}
 }
+
+// Buffered returns how many bytes have been read from the stream but not yet returned as
+// events: when it is not zero, the next event (or part of it) is already here. A relay
+// flushes its client only when it is zero, so that a burst of events goes out in one write.
+func (s *SSEReader) Buffered() int { return s.r.Buffered() }
 
 // ErrSSETooLarge is returned for an event over MaxSSEEvent.
 var ErrSSETooLarge = errors.New("server-sent event too large")
@@ -38,10 +48,16 @@ var ErrSSETooLarge = errors.New("server-sent event too large")
 // the stream ends inside an event.
 func (s *SSEReader) Next() (SSEEvent, error) {
 	var ev SSEEvent
-	var raw, data []byte
+	var data []byte
+	raw := make([]byte, 0, 512)
 	for {
-		line, err := s.readLine()
+		// Each line is read straight into raw (the event as relayed), not into a line
+		// buffer first.
+		start := len(raw)
+		var err error
+		raw, err = s.appendLine(raw)
 		if err != nil {
+			raw = raw[:start]
 			if errors.Is(err, io.EOF) {
 				if len(raw) == 0 {
 					return ev, io.EOF
@@ -55,7 +71,7 @@ func (s *SSEReader) Next() (SSEEvent, error) {
 			}
 			return ev, err
 		}
-		raw = append(raw, line...)
+		line := raw[start:]
 		if len(raw) > s.max {
 			return ev, ErrSSETooLarge
 		}
@@ -77,41 +93,52 @@ func (s *SSEReader) Next() (SSEEvent, error) {
 		value = bytes.TrimPrefix(value, []byte(" "))
 		switch string(field) {
 		case "event":
-			ev.Name = string(value)
+			ev.Name = intern(value)
 		case "data":
-			if data != nil {
-				data = append(data, '\n')
-			}
 			if data == nil {
-				data = make([]byte, 0, len(value))
+				// One data line (the usual case) is a slice of raw; its capacity ends with
+				// it, so a second line appends to a copy, never into raw.
+				data = value[:len(value):len(value)]
+			} else {
+				data = append(data, '\n')
+				data = append(data, value...)
 			}
-			data = append(data, value...)
 		}
 	}
 }
 
-func (s *SSEReader) readLine() ([]byte, error) {
-	var line []byte
+// appendLine appends the next line, newline included, to dst. At the end of the stream it
+// returns the last line without one, or io.EOF when there is none.
+func (s *SSEReader) appendLine(dst []byte) ([]byte, error) {
+	start := len(dst)
 	for {
 		chunk, err := s.r.ReadSlice('\n')
-		line = append(line, chunk...)
+		dst = append(dst, chunk...)
 		if err == nil {
-			return line, nil
+			return dst, nil
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
-			if len(line) > s.max {
-				return nil, ErrSSETooLarge
+			if len(dst)-start > s.max {
+				return dst, ErrSSETooLarge
 			}
 			continue
 		}
-		if len(line) > 0 && errors.Is(err, io.EOF) {
-			return line, nil
+		if len(dst) > start && errors.Is(err, io.EOF) {
+			return dst, nil
 		}
-		return nil, err
+		return dst, err
 	}
 }
 
 // SSEFrame formats a JSON event as a server-sent event.
 func SSEFrame(name string, data []byte) []byte {
 	return fmt.Appendf(nil, "event: %s\ndata: %s\n\n", name, data)
+}
+
+// intern returns a known word (an event type) without allocating, else a copy.
+func intern(b []byte) string {
+	if s, ok := interned[string(b)]; ok {
+		return s
+	}
+	return string(b)
 }

@@ -32,7 +32,6 @@ func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	}
 }
 
-
 // TestPrefetch: a session that arrives on another instance reads anchor, pending calls and
 // transcript in one round trip, and the reads that follow are local.
 func TestPrefetch(t *testing.T) {

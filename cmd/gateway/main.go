@@ -88,10 +88,18 @@ func run() error {
 			return err
 		}
 	case <-ctx.Done():
-		log.Info("shutting down")
-		sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		// Stop accepting, let turns in flight finish within the grace period, close
+		// WebSocket clients with 1001; bookkeeping is already in the store.
+		log.Info("shutting down", "grace", st.ShutdownGrace)
+		sctx, cancel := context.WithTimeout(context.Background(), st.ShutdownGrace)
 		defer cancel()
-		_ = hs.Shutdown(sctx)
+		done := make(chan struct{})
+		go func() { _ = hs.Shutdown(sctx); close(done) }()
+		if err := srv.Shutdown(sctx); err != nil {
+			log.Warn("grace period over; remaining clients closed", "err", err)
+		}
+		<-done
+		log.Info("stopped")
 	}
 	return nil
 }

@@ -330,9 +330,9 @@ func (m *cpuMeter) stop() (cpu time.Duration, rss int64) {
 	return cpu, rss
 }
 
-// rulesFired reads chainmend_rule_fired_total from the child's /metrics, summed by reason:
-// which repairs the load actually triggered (a clean conversation should show only checks).
-func (g *gatewayProc) rulesFired() map[string]float64 {
+// metricByLabel reads a counter family from the child's /metrics, summed by the value of
+// one label (e.g. chainmend_rule_fired_total by reason).
+func (g *gatewayProc) metricByLabel(name, label string) map[string]float64 {
 	out := map[string]float64{}
 	resp, err := http.Get("http://" + g.addr + "/metrics")
 	if err != nil {
@@ -343,18 +343,18 @@ func (g *gatewayProc) rulesFired() map[string]float64 {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if !strings.HasPrefix(line, "chainmend_rule_fired_total{") {
+		if !strings.HasPrefix(line, name+"{") {
 			continue
 		}
-		i := strings.Index(line, `reason="`)
+		i := strings.Index(line, label+`="`)
 		j := strings.LastIndexByte(line, ' ')
 		if i < 0 || j < 0 {
 			continue
 		}
-		reason := line[i+8:]
-		reason = reason[:strings.IndexByte(reason, '"')]
-		v, _ := strconv.ParseFloat(line[j+1:], 64)
-		out[reason] += v
+		v := line[i+len(label)+2:]
+		v = v[:strings.IndexByte(v, '"')]
+		f, _ := strconv.ParseFloat(line[j+1:], 64)
+		out[v] += f
 	}
 	return out
 }

@@ -122,5 +122,9 @@ func writeTables(w io.Writer, r *Report) {
 		}
 		fmt.Fprintf(w, "\nRules fired over the run (all gateways): %s\n", strings.Join(parts, ", "))
 	}
+	if len(r.StoreCommits) > 0 {
+		fmt.Fprintf(w, "\nStore commits (all gateways): redis %.0f, local_only %.0f, degraded %.0f\n",
+			r.StoreCommits["redis"], r.StoreCommits["local_only"], r.StoreCommits["degraded"])
+	}
 	fmt.Fprintf(w, "\nEmulator: %d connections, %d creates, %d responses, %d errors.\n", r.Emulator.Connections, r.Emulator.Creates, r.Emulator.Responses, r.Emulator.Errors)
 }

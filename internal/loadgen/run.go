@@ -67,10 +67,14 @@ type Report struct {
 	Idle       *IdleResult       `json:"idle,omitempty"`
 	Moved      *MovedResult      `json:"moved,omitempty"`
 	Profiles   []string          `json:"profiles,omitempty"`
-	// RulesFired is what the policies did on every gateway over the whole run, by reason.
-	RulesFired map[string]float64 `json:"rules_fired"`
-	WallSec    float64           `json:"wall_sec"`
-	Emulator   emulator.Stats    `json:"emulator_stats"`
+	// RulesFired is what the policies did on every gateway over the whole run, by reason;
+	// StoreCommits the gateways' store commits by result (redis, local_only, degraded: a
+	// degraded commit missed Redis, e.g. over the 50 ms store timeout when the CPU is
+	// saturated).
+	RulesFired   map[string]float64 `json:"rules_fired"`
+	StoreCommits map[string]float64 `json:"store_commits"`
+	WallSec    float64            `json:"wall_sec"`
+	Emulator   emulator.Stats     `json:"emulator_stats"`
 }
 
 const method = "interleaved: every turn of a conversation runs once direct to the emulator and once through the gateway, " +
@@ -338,11 +342,14 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	if cfg.Profile {
 		rep.Profiles = e.runProfile(ctx, gwA, outDir, cfg.ProfileSec, cfg.ProfileMix)
 	}
-	rep.RulesFired = map[string]float64{}
+	rep.RulesFired, rep.StoreCommits = map[string]float64{}, map[string]float64{}
 	for _, g := range []*gatewayProc{gwA, gwB, gwL} {
 		if g != nil {
-			for k, v := range g.rulesFired() {
+			for k, v := range g.metricByLabel("chainmend_rule_fired_total", "reason") {
 				rep.RulesFired[k] += v
+			}
+			for k, v := range g.metricByLabel("chainmend_store_commits_total", "result") {
+				rep.StoreCommits[k] += v
 			}
 		}
 	}

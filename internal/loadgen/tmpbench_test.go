@@ -108,7 +108,9 @@ func rawProxy(upstream string) http.Handler {
 	})
 }
 
-func wsURL(s *httptest.Server) string { return "ws" + strings.TrimPrefix(s.URL, "http") + "/v1/responses" }
+func wsURL(s *httptest.Server) string {
+	return "ws" + strings.TrimPrefix(s.URL, "http") + "/v1/responses"
+}
 
 type benchClient struct {
 	c    *websocket.Conn
