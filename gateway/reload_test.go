@@ -276,3 +276,32 @@ type collectorFunc func(chan<- prometheus.Metric)
 
 func (f collectorFunc) Describe(chan<- *prometheus.Desc)    {}
 func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
+
+// TestReloadGate: with --reload-gate, a set that compiles but fails the fixtures is refused
+// and the last good set stays active.
+func TestReloadGate(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "10-normalizer.yaml"), readPolicy(t, "10-normalizer.yaml"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "20-recovery.yaml"), readPolicy(t, "20-recovery.yaml"), 0o644))
+	emu := emulator.StartTest(t, emulator.WithScript(emulator.Reply("ok")), emulator.WithRecording(false))
+	reg := prometheus.NewRegistry()
+	cfg := gateway.DefaultConfig()
+	cfg.Upstream = emu.URL()
+	cfg.Policies = dir
+	cfg.ReloadGate = "../policytests"
+	srv, err := gateway.New(cfg, gateway.WithRegistry(reg), gateway.WithLogger(slog.New(slog.NewTextHandler(&syncBuffer{}, nil))))
+	require.NoError(t, err)
+	defer srv.Close()
+	rl := gateway.NewReloader(srv)
+	_, err = rl.Reload()
+	require.NoError(t, err, "the default set passes its fixtures")
+	good := srv.Snapshot().Hash
+
+	// Compiles, but the fixtures pin the injected text "aborted".
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "10-normalizer.yaml"), withText(t, "cancelled"), 0o644))
+	_, err = rl.Reload()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "reload gate")
+	assert.Equal(t, good, srv.Snapshot().Hash)
+	assert.Equal(t, 0.0, testutil.ToFloat64(metric(t, reg, "chainmend_policy_last_reload_successful")))
+}
