@@ -232,27 +232,7 @@ func (r *Request) parseInput(b []byte, i int) (int, error) {
 		r.items = make([]Item, 0, 8)
 	}
 	add := func(it Item) { r.items = append(r.items, it) }
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return i + 1, nil
-	}
-	for {
-		end, err := parseItem(b, i, 2, add)
-		if err != nil {
-			return end, err
-		}
-		i = skipWS(b, end)
-		if i >= len(b) {
-			return i, synErr(i, "unterminated array")
-		}
-		if b[i] == ']' {
-			return i + 1, nil
-		}
-		if b[i] != ',' {
-			return i, synErr(i, "expected ',' or ']'")
-		}
-		i = skipWS(b, i+1)
-	}
+	return scanArray(b, i, func(start int) (int, error) { return parseItem(b, start, 2, add) })
 }
 
 // Raw returns the frame as it was parsed.

@@ -194,50 +194,26 @@ func skipObject(b []byte, i, depth int) (int, error) {
 	if depth >= maxDepth {
 		return i, synErr(i, "nesting too deep")
 	}
-	i = skipWS(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return i + 1, nil
-	}
-	for {
-		if i >= len(b) || b[i] != '"' {
-			return i, synErr(i, "expected object key")
-		}
-		var err error
-		if i, err = skipString(b, i); err != nil {
-			return i, err
-		}
-		i = skipWS(b, i)
-		if i >= len(b) || b[i] != ':' {
-			return i, synErr(i, "expected ':'")
-		}
-		if i, err = skipValue(b, skipWS(b, i+1), depth+1); err != nil {
-			return i, err
-		}
-		i = skipWS(b, i)
-		if i >= len(b) {
-			return i, synErr(i, "unterminated object")
-		}
-		if b[i] == '}' {
-			return i + 1, nil
-		}
-		if b[i] != ',' {
-			return i, synErr(i, "expected ',' or '}'")
-		}
-		i = skipWS(b, i+1)
-	}
+	return scanObject(b, i, func(_ []byte, vs int) (int, error) { return skipValue(b, vs, depth+1) })
 }
 
 func skipArray(b []byte, i, depth int) (int, error) {
 	if depth >= maxDepth {
 		return i, synErr(i, "nesting too deep")
 	}
+	return scanArray(b, i, func(start int) (int, error) { return skipValue(b, start, depth+1) })
+}
+
+// scanArray walks the array at b[i] and calls fn for each element's offset; fn consumes the
+// element and returns the offset past it.
+func scanArray(b []byte, i int, fn func(start int) (int, error)) (int, error) {
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		return i + 1, nil
 	}
 	for {
 		var err error
-		if i, err = skipValue(b, i, depth+1); err != nil {
+		if i, err = fn(i); err != nil {
 			return i, err
 		}
 		i = skipWS(b, i)
