@@ -90,6 +90,20 @@ type Previous struct {
 	// ItemKeys are the keys (responses.Item.Key) of the previous turn's full logical input:
 	// its context, its input and its response's output items.
 	ItemKeys []string
+
+	// keySet indexes ItemKeys; built on first use and kept, since the next turns of the
+	// connection ask again (a Previous is used by one turn at a time).
+	keySet map[string]struct{}
+}
+
+func (p *Previous) keys() map[string]struct{} {
+	if p.keySet == nil {
+		p.keySet = make(map[string]struct{}, len(p.ItemKeys))
+		for _, k := range p.ItemKeys {
+			p.keySet[k] = struct{}{}
+		}
+	}
+	return p.keySet
 }
 
 // UpstreamError is the upstream's rejection of a turn.
@@ -480,10 +494,7 @@ func editsHistory(r *responses.Request, prev *Previous) bool {
 		return false
 	}
 	items := r.Items()
-	known := make(map[string]struct{}, len(prev.ItemKeys))
-	for _, k := range prev.ItemKeys {
-		known[k] = struct{}{}
-	}
+	known := prev.keys()
 	// Items with an identity (an id or a call id) show that the client resent the previous
 	// context. Items without one only count when the input starts where the previous context
 	// started: two identical id-less messages ("continue", twice) are new input.
