@@ -4,7 +4,7 @@ BIN := bin
 POLICIES ?= policies
 GOFLAGS_TEST ?= -count=1
 
-.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean e2e-codex deps-codex build-debug
+.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean e2e-codex deps-codex build-debug load
 
 all: build
 
@@ -77,7 +77,19 @@ policytest: build
 	$(BIN)/policyctl test --policies $(POLICIES) policytests
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./responses/ ./engine/ ./statestore/ ./emulator/
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./responses/ ./engine/ ./statestore/ ./emulator/ ./gateway/
+
+# load runs the side-by-side load tool (issue 7, BENCHMARKS.md "Gateway path"; about two and
+# a half minutes): Codex-shaped conversations against the emulator, direct and through the
+# gateway, interleaved turn by turn, with a Redis store and a local one, two instances on one
+# Redis, the saturation run, the streaming relay and idle sessions. LOADFLAGS adds flags:
+# --json, --quick (a short smoke run), --profile --out DIR (CPU and allocation profiles of
+# the gateway), --only REGEXP (latency phases by name).
+LOADFLAGS ?=
+load:
+	@$(MAKE) -s deps-redis >/dev/null
+	$(GO) build -o $(BIN)/loadgen ./cmd/loadgen
+	$(BIN)/loadgen --policies $(POLICIES) $(LOADFLAGS)
 
 # Each fuzz target as package:Func. `make fuzz` runs each for FUZZTIME; `make test` runs each
 # briefly (FUZZ_SHORT) so that the seed corpora in testdata/fuzz stay exercised.

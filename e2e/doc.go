@@ -7,6 +7,13 @@
 //     instance B and B repairs its turns exactly as A would; a write on A is seen by B at
 //     once; Redis dies mid-conversation (turns go on from local state) and comes back. The
 //     same suite runs against the Cluster.
+//   - staleredis_test.go: Redis pauses with its data intact, the instance writes back what it
+//     committed meanwhile, and a session that moves is repaired against the current state.
+//   - faults_*_test.go: faults under load (RELIABILITY.md): Redis killed, an instance
+//     killed, upstream stalls and resets, clients that stop reading, 10,000 hostile frames;
+//     faults_driver_test.go is their load driver.
+//   - security_test.go: only the configured upstream is dialed, Redis password and TLS,
+//     tenant isolation with another tenant's ids.
 //   - codex_test.go: the real Codex CLI (`codex exec`) through the gateway against the
 //     emulator: a plain tool loop, an upstream connection dropped after each completed
 //     response, and a continuation refused with previous_response_not_found. It runs when

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +24,7 @@ const maxErrorBody = 1 << 20
 // response streamed back event by event, and the same bookkeeping.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxFrameBytes))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, s.cfg.MaxFrameBytes), r.ContentLength, s.cfg.MaxFrameBytes)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -229,10 +230,12 @@ func (s *Server) streamBack(ctx context.Context, w http.ResponseWriter, resp *ht
 		if _, err := w.Write(ev.Raw); err != nil {
 			return "client_gone"
 		}
-		if flusher != nil {
+		// Flushed when no further event has been read already: a burst goes out in one
+		// write (the last event is flushed when the handler returns).
+		if flusher != nil && rd.Buffered() == 0 {
 			flusher.Flush()
 		}
-		s.metrics.frames.WithLabelValues("to_client").Inc()
+		s.metrics.toClient.Inc()
 		if !parsed {
 			continue
 		}
@@ -248,6 +251,30 @@ func (s *Server) streamBack(ctx context.Context, w http.ResponseWriter, resp *ht
 		}
 		if pe.Item != nil {
 			items = append(items, *pe.Item)
+		}
+	}
+}
+
+// readBody reads a request body. With a Content-Length (what clients send) the buffer is
+// allocated once at that size; io.ReadAll grows from 512 bytes by reallocation, some twenty
+// allocations and copies for a 175 KB create.
+func readBody(r io.Reader, contentLength, limit int64) ([]byte, error) {
+	if contentLength <= 0 || contentLength > limit {
+		return io.ReadAll(r)
+	}
+	// One byte more than announced, so that the end of the body is seen without growing.
+	buf := make([]byte, 0, contentLength+1)
+	for {
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, 4096)
 		}
 	}
 }

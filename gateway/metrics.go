@@ -14,6 +14,9 @@ type metrics struct {
 	activeSet   *prometheus.GaugeVec
 	storeErrors prometheus.Counter
 	limits      *prometheus.CounterVec
+
+	// The frame counters, resolved once: relaying an event must not hash a label value.
+	toClient, toUpstream prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -62,5 +65,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.turns, m.turnSeconds, m.recoveries, m.upstream, m.frames, m.badFrames,
 		m.clients, m.activeSet, m.storeErrors, m.limits)
+	m.toClient = m.frames.WithLabelValues("to_client")
+	m.toUpstream = m.frames.WithLabelValues("to_upstream")
 	return m
 }

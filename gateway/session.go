@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +30,7 @@ type clientFrame struct {
 type session struct {
 	srv    *Server
 	client *websocket.Conn
+	out    *corkConn // the client's socket under client (see corkConn)
 	hdr    http.Header
 	connID string
 	mem    memory
@@ -58,15 +61,19 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.release(tenant)
-	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	hj := &corkHijacker{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
+	c, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		return
 	}
 	c.SetReadLimit(s.cfg.MaxFrameBytes)
 	ctx, cancel := context.WithCancel(context.Background())
+	// Frame writes carry no context (see write): the session's end aborts them instead.
+	defer context.AfterFunc(ctx, hj.conn.abort)()
 	ss := &session{
 		srv:     s,
 		client:  c,
+		out:     hj.conn,
 		hdr:     forwardHeaders(r.Header),
 		connID:  s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36),
 		ctx:     ctx,
@@ -131,8 +138,9 @@ loop:
 
 func (ss *session) readLoop() {
 	defer close(ss.in)
+	hint := 0
 	for {
-		typ, data, err := ss.client.Read(ss.ctx)
+		typ, data, err := ss.readFrame(&hint)
 		if err != nil {
 			ss.rdErr = err
 			// The client is gone (closed, reset, or cut off for a bad frame): a turn in
@@ -154,6 +162,32 @@ func (ss *session) readLoop() {
 	}
 }
 
+// readFrame reads one client frame. websocket.Conn.Read grows its buffer from 512 bytes by
+// reallocation, which for a 175 KB create is some twenty allocations and as many copies;
+// here the buffer starts a little over the size of the previous frame (the end of a frame is
+// seen only by a read past it) and doubles.
+func (ss *session) readFrame(hint *int) (websocket.MessageType, []byte, error) {
+	typ, r, err := ss.client.Reader(ss.ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	buf := make([]byte, 0, max(*hint+512, 4096))
+	for {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, cap(buf))
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			*hint = len(buf)
+			return typ, buf, nil
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+	}
+}
+
 // refuse answers a bad frame with an error frame; the connection stays open.
 func (ss *session) refuse(code, msg string) {
 	ss.srv.metrics.badFrames.WithLabelValues(code).Inc()
@@ -164,13 +198,18 @@ func (ss *session) writeError(e responses.ErrorBody) {
 	_ = ss.write(responses.ErrorFrame(e))
 }
 
+// write sends one frame to the client. It needs no context of its own: the socket write is
+// bounded by Config.WriteTimeout through the connection's write deadline, and the session's
+// end aborts it (corkConn). A context with a timeout per frame cost a timer and a context
+// callback for every relayed event.
 func (ss *session) write(frame []byte) error {
-	ctx, cancel := context.WithTimeout(ss.ctx, ss.srv.cfg.WriteTimeout)
-	defer cancel()
-	if err := ss.client.Write(ctx, websocket.MessageText, frame); err != nil {
+	if err := ss.client.Write(context.Background(), websocket.MessageText, frame); err != nil {
+		// A client that cannot take a frame (it stopped reading, or it is gone) ends its
+		// session: its queued frames are dropped and its connection slot is freed.
+		ss.cancel()
 		return fmt.Errorf("%w: %w", errClientGone, err)
 	}
-	ss.srv.metrics.frames.WithLabelValues("to_client").Inc()
+	ss.srv.metrics.toClient.Inc()
 	return nil
 }
 
@@ -192,7 +231,7 @@ func (ss *session) dispatch(frame []byte) {
 		// response gets it when it is still open.
 		if ss.up != nil && ss.up.alive(ss.srv.cfg.UpstreamMaxAge) {
 			if ss.up.send(ss.ctx, frame, ss.srv.cfg.WriteTimeout) == nil {
-				ss.srv.metrics.frames.WithLabelValues("to_upstream").Inc()
+				ss.srv.metrics.toUpstream.Inc()
 			}
 		}
 	case "response.append":
@@ -260,16 +299,20 @@ type relayResult struct {
 
 // relay sends a payload and relays the upstream's events to the client as they arrive,
 // until the terminal event, an error frame, or a failure.
-func (ss *session) relay(up *upstreamConn, payload []byte) relayResult {
+func (ss *session) relay(up *upstreamConn, payload []byte) (res relayResult) {
 	cfg := &ss.srv.cfg
-	var res relayResult
 	if err := up.send(ss.ctx, payload, cfg.WriteTimeout); err != nil {
 		res.transport = err
 		return res
 	}
-	ss.srv.metrics.frames.WithLabelValues("to_upstream").Inc()
+	ss.srv.metrics.toUpstream.Inc()
 	timer := time.NewTimer(cfg.FirstEventTimeout)
 	defer timer.Stop()
+	// Events already queued behind the one being written go out with it in one socket
+	// write (corkConn); whatever is held when the relay ends goes out now, before the
+	// caller's bookkeeping. A failed write fails every later one, so the caller's terminal
+	// write reports the client gone.
+	defer func() { _ = ss.out.uncork() }()
 	for {
 		var f []byte
 		select {
@@ -316,9 +359,19 @@ func (ss *session) relay(up *upstreamConn, payload []byte) relayResult {
 			res.terminal, res.terminalFrame = &ev, f
 			return res
 		}
+		if len(up.frames) > 0 {
+			ss.out.cork()
+		}
 		if err := ss.write(f); err != nil {
 			res.clientGone = true
 			return res
+		}
+		if len(up.frames) == 0 {
+			if err := ss.out.uncork(); err != nil {
+				ss.cancel() // as in write: a client that cannot take frames ends its session
+				res.clientGone = true
+				return res
+			}
 		}
 		res.clientWritten = true
 		timer.Reset(cfg.IdleTimeout)

@@ -52,6 +52,15 @@ func (s *Server) buildTurn(ctx context.Context, req *responses.Request, transpor
 		Previous:  mem.prev,
 		Recovery:  engine.Recovery{Enabled: s.cfg.Recovery},
 	}
+	if !mem.anchorKnown {
+		// The first turn of a connection (every HTTP request): the session's state may be
+		// only in Redis, as when a client reconnects to another instance. One pipelined
+		// read (anchor, transcript, and the pending calls of the response the request
+		// chains to) instead of up to three in a row; a no-op when it is all local.
+		if p, ok := s.store.(statestore.Prefetcher); ok {
+			p.Prefetch(ctx, tc.scope, req.PreviousResponseID())
+		}
+	}
 	if mem.anchorKnown {
 		t.Expected = mem.anchor
 	} else if a, res := s.store.Anchor(ctx, tc.scope); res == statestore.Hit {
@@ -165,7 +174,10 @@ func (s *Server) bookkeep(ctx context.Context, tc *turnCtx, sent *responses.Requ
 
 	p := &engine.Previous{FieldDigests: sent.FieldDigests()}
 	if prev != "" && mem.prev != nil {
-		p.ItemKeys = append(p.ItemKeys, mem.prev.ItemKeys...)
+		// The chain's keys grow in place: the previous Previous keeps its own length and
+		// is only read, so extending its array is safe, and a long chain is not copied on
+		// every turn (that was O(chain length) per turn, up to maxItemKeys strings).
+		p.ItemKeys = mem.prev.ItemKeys
 	}
 	for i := range sent.Items() {
 		p.ItemKeys = append(p.ItemKeys, sent.Items()[i].Key())

@@ -108,6 +108,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 	if err != nil {
 		s.metrics.commits[commitDegraded].Inc()
 		s.log.Debug("commit kept locally", "err", err)
+		s.kickWriteback() // written back once Redis answers again
 		return fmt.Errorf("%w: %w", ErrDegraded, err)
 	}
 	t.confirm(written)
@@ -200,6 +201,11 @@ func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *re
 		// The transcript lives only in Redis: append there and keep no
 		// partial local copy. Moving the generation stops a read-through
 		// already in flight from caching the transcript without this turn.
+		if _, gap := t.lost[k]; gap {
+			// This instance's last version never reached Redis and is
+			// gone here too: the history has a gap.
+			rw.mode, rw.items = replayBreak, nil
+		}
 		t.removeLocked(k)
 	}
 	return rw

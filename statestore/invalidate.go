@@ -68,6 +68,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 					n := s.local.flush()
 					s.metrics.flushes.Inc()
 					s.log.Info("invalidation subscription restored; local tier flushed", "dropped", n)
+					s.kickWriteback()
 				}
 				subscribedBefore, live = true, true
 				backoff = minBackoff

@@ -29,6 +29,10 @@ type entry struct {
 // element, map slot, entry struct) for the byte bound.
 const entryOverhead = 160
 
+// minMaxLost is the least number of lost keys remembered (see localTier.lost),
+// however small the tier.
+const minMaxLost = 1 << 16
+
 // genSlots spreads the backfill generations over a fixed array: a collision
 // only costs a skipped backfill, never a stale value.
 const genSlots = 256
@@ -52,19 +56,60 @@ type localTier struct {
 	// Mirrors of the size for the metrics, readable without the lock.
 	nEntries atomic.Int64
 	nBytes   atomic.Int64
+
+	// lost remembers keys whose unconfirmed value left the tier before
+	// Redis took it (evicted, or too big to keep), with that value's
+	// wall-clock expiry in unix ms. Redis may still hold an older value of
+	// such a key: reads answer Unknown instead of reading it, and the
+	// write-back deletes it (writeback.go). Bounded by maxLost; keys beyond
+	// it are counted in untracked.
+	lost      map[lkey]int64
+	maxLost   int
+	untracked atomic.Int64
+	// removing marks an explicit removal (a newer value elsewhere, or a
+	// value Redis holds), which onEvict must not count as a loss.
+	removing bool
 }
 
 func newLocalTier(maxEntries, maxBytes int) *localTier {
-	t := &localTier{maxBytes: maxBytes, epoch: time.Now(), seed: maphash.MakeSeed()}
+	t := &localTier{maxBytes: maxBytes, epoch: time.Now(), seed: maphash.MakeSeed(), lost: make(map[lkey]int64), maxLost: max(maxEntries, minMaxLost)}
 	// NewLRU fails only for a non-positive size, which the options exclude.
 	t.lru, _ = simplelru.NewLRU[lkey, *entry](maxEntries, t.onEvict)
 	return t
 }
 
 // onEvict runs under t.mu for every removal (eviction, Remove, Purge).
-func (t *localTier) onEvict(_ lkey, e *entry) {
+func (t *localTier) onEvict(k lkey, e *entry) {
 	t.bytes -= e.size
+	if e.unconfirmed && !t.removing {
+		t.noteLostLocked(k, e)
+	}
 	t.publishSize()
+}
+
+// noteLostLocked records that the unconfirmed value e of k is no longer held
+// (see lost). An expired value is no loss: Redis's older copy expired too.
+func (t *localTier) noteLostLocked(k lkey, e *entry) {
+	left := e.expires - t.now()
+	if left <= 0 {
+		return
+	}
+	if _, ok := t.lost[k]; !ok && len(t.lost) >= t.maxLost {
+		t.untracked.Add(1)
+		return
+	}
+	t.lost[k] = time.Now().Add(time.Duration(left)).UnixMilli()
+}
+
+// isLost reports whether k's latest value was lost before Redis took it.
+func (t *localTier) isLost(k lkey) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.lost) == 0 {
+		return false
+	}
+	_, ok := t.lost[k]
+	return ok
 }
 
 func (t *localTier) publishSize() {
@@ -149,8 +194,16 @@ func (t *localTier) replay(k lkey) (tr Transcript, neg, ok bool) {
 // bound is not kept at all: it would flush everything else.
 func (t *localTier) putLocked(k lkey, e *entry) {
 	t.slot(k).Add(1)
+	if len(t.lost) > 0 {
+		delete(t.lost, k) // a newer value supersedes the lost one
+	}
 	if e.size > t.maxBytes/2 {
+		t.removing = true
 		t.lru.Remove(k)
+		t.removing = false
+		if e.unconfirmed {
+			t.noteLostLocked(k, e)
+		}
 		return
 	}
 	if old, ok := t.lru.Peek(k); ok {
@@ -181,7 +234,12 @@ func (t *localTier) resizeLocked(k lkey, e *entry, size int) {
 
 func (t *localTier) removeLocked(k lkey) {
 	t.slot(k).Add(1)
+	if len(t.lost) > 0 {
+		delete(t.lost, k)
+	}
+	t.removing = true
 	t.lru.Remove(k)
+	t.removing = false
 }
 
 // remove drops k (an invalidation from another instance).
@@ -202,6 +260,9 @@ func (t *localTier) backfill(k lkey, e *entry, gen uint64) bool {
 	}
 	if _, ok := t.peekLocked(k, now); ok {
 		return false
+	}
+	if _, ok := t.lost[k]; ok {
+		return false // Redis's copy may predate the lost value
 	}
 	t.putLocked(k, e)
 	return true

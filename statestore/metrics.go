@@ -25,10 +25,11 @@ const (
 	opReplay
 	opCommit
 	opSubscribe
+	opWriteback
 	numOps
 )
 
-var opNames = [numOps]string{"pending", "anchor", "replay", "commit", "subscribe"}
+var opNames = [numOps]string{"pending", "anchor", "replay", "commit", "subscribe", "writeback"}
 
 // opOfKind maps a read kind to its op label.
 func opOfKind(k Kind) op { return op(k) }
@@ -52,6 +53,7 @@ type metrics struct {
 	flushes       prometheus.Counter
 	commits       [numCommitResults]prometheus.Counter
 	replayTrims   prometheus.Counter
+	writebacks    [numWritebackResults]prometheus.Counter
 }
 
 // commit results.
@@ -63,6 +65,18 @@ const (
 )
 
 var commitNames = [numCommitResults]string{"redis", "local_only", "degraded"}
+
+// write-back results, per key (see writeback.go).
+const (
+	wbWritten    = iota // the local value is in Redis now
+	wbSuperseded        // Redis held a newer value; the local copy was dropped
+	wbDeleted           // no write-back possible; the Redis copy was deleted (or marked broken)
+	wbFailed            // not even the delete worked
+	wbUntracked         // a lost value could not be remembered (tracking bound reached)
+	numWritebackResults
+)
+
+var writebackNames = [numWritebackResults]string{"written", "superseded", "deleted", "failed", "untracked"}
 
 const namespace = "chainmend_store"
 
@@ -118,6 +132,13 @@ func newMetrics(reg prometheus.Registerer, local *localTier) (*metrics, error) {
 		Namespace: namespace, Name: "replay_trims_total",
 		Help: "Replay transcripts trimmed in whole units to respect the byte cap.",
 	})
+	writebacks := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "writeback_keys_total",
+		Help: "Keys committed while Redis was unreachable, by what happened when it answered again (written, superseded, deleted, failed, untracked).",
+	}, []string{"result"})
+	for w := 0; w < numWritebackResults; w++ {
+		m.writebacks[w] = writebacks.WithLabelValues(writebackNames[w])
+	}
 	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "local_entries",
 		Help: "Entries in the local tier.",
@@ -131,7 +152,7 @@ func newMetrics(reg prometheus.Registerer, local *localTier) (*metrics, error) {
 		return m, nil
 	}
 	collectors := []prometheus.Collector{lookups, errs, skipped, m.breakerState, m.invalSent,
-		m.invalReceived, m.flushes, commits, m.replayTrims, entries, bytes}
+		m.invalReceived, m.flushes, commits, m.replayTrims, writebacks, entries, bytes}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			// Leave the registerer as it was, so a caller may retry.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 )
 
 // Defaults of the options.
@@ -26,6 +27,7 @@ type Option func(*config)
 
 type config struct {
 	redisURL        string
+	redisHooks      []redis.Hook
 	ttl             [numKinds]time.Duration
 	localEntries    int
 	localBytes      int
@@ -55,6 +57,12 @@ func defaultConfig() config {
 		c.ttl[k] = DefaultTTL
 	}
 	return c
+}
+
+// WithRedisHook adds a go-redis hook to the store's Redis client, for instrumentation (the
+// load tool counts the store's round trips with one).
+func WithRedisHook(h redis.Hook) Option {
+	return func(c *config) { c.redisHooks = append(c.redisHooks, h) }
 }
 
 // WithRedisURL enables the Redis tier. Accepted forms:

@@ -31,7 +31,10 @@ var _ Prefetcher = (*Tiered)(nil)
 // a Redis lookup, backfilled with the hot TTL, or remembered briefly as absent), so the
 // reads that follow see the same state they would have read themselves. It does nothing
 // without Redis or when the local tier holds everything. A Redis failure is dropped here:
-// the reads that follow try again and answer Unknown as usual.
+// the reads that follow try again and answer Unknown as usual. Keys are kept under the
+// same backfill-generation rule as single reads; when two of them share a generation slot
+// (1 in 256 per pair), keeping the first looks like a change to the second, which is then
+// not kept and costs its own read later: never a stale value, only a round trip.
 func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...string) {
 	if s.rdb == nil || scope.Tenant == "" {
 		return

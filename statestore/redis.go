@@ -120,6 +120,11 @@ var errBreakerOpen = errors.New("statestore: redis circuit breaker open")
 // after a failure that may be transient, and feeds the circuit breaker.
 // redis.Nil is an answer, not a failure.
 func (s *Tiered) do(ctx context.Context, o op, fn func(ctx context.Context) error) error {
+	return s.doTimeout(ctx, o, s.cfg.opTimeout, fn)
+}
+
+// doTimeout is do with a deadline other than the per-operation one (write-backs).
+func (s *Tiered) doTimeout(ctx context.Context, o op, timeout time.Duration, fn func(ctx context.Context) error) error {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		ok, probe := s.breaker.allow()
@@ -130,7 +135,7 @@ func (s *Tiered) do(ctx context.Context, o op, fn func(ctx context.Context) erro
 			}
 			return err
 		}
-		octx, cancel := context.WithTimeout(ctx, s.cfg.opTimeout)
+		octx, cancel := context.WithTimeout(ctx, timeout)
 		err = fn(octx)
 		cancel()
 		if err == nil || errors.Is(err, redis.Nil) {

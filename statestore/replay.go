@@ -144,6 +144,14 @@ const (
 	replayAppend = "a" // append the items
 	replayReset  = "r" // replace the transcript with the items
 	replayBreak  = "b" // mark the transcript broken (history has a gap)
+
+	// The write-back modes (writeback.go) do the same as reset and break,
+	// unless Redis holds a transcript written later than the local copy
+	// (meta e, the expiry, greater than ARGV 6): then they change nothing
+	// and the script answers {0, 0, 0, 0, 0, 0, 1}.
+	replayResetIfOlder        = "R"
+	replayResetTrimmedIfOlder = "T" // as R, for a transcript already trimmed
+	replayBreakIfOlder        = "B"
 )
 
 // replayScript applies one turn's replay write atomically on the server:
@@ -164,6 +172,15 @@ if tok ~= '' and redis.call('HGET', meta, 'k') == tok then
   local m = redis.call('HMGET', meta, 'b', 't', 'x')
   return {redis.call('LLEN', list), tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[3]) or 0, 1, 0}
 end
+local wasTrimmed = false
+if mode == 'R' or mode == 'T' or mode == 'B' then
+  local cur = tonumber(redis.call('HGET', meta, 'e'))
+  if cur and cur > tonumber(exp) then
+    return {0, 0, 0, 0, 0, 0, 1}
+  end
+  wasTrimmed = mode == 'T'
+  if mode == 'B' then mode = 'b' else mode = 'r' end
+end
 if mode == 'r' or mode == 'b' then
   redis.call('DEL', list, meta)
 end
@@ -179,6 +196,7 @@ if m[3] == '1' then
   return {0, 0, 0, 1, 0, 0}
 end
 local bytes, trimmed = tonumber(m[1]) or 0, tonumber(m[2]) or 0
+if wasTrimmed then trimmed = 1 end
 local function split(e)
   local a = string.find(e, '\0', 2, true)
   local b = string.find(e, '\0', a + 1, true)

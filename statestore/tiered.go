@@ -43,6 +43,12 @@ type Tiered struct {
 	subMu     sync.Mutex
 	sub       *redis.PubSub
 	subReady  chan struct{}
+
+	// Write-back of values committed while Redis was unreachable
+	// (writeback.go).
+	wbKick chan struct{}
+	wbDone chan struct{}
+	wbMu   sync.Mutex // one pass at a time
 }
 
 var _ Store = (*Tiered)(nil)
@@ -82,6 +88,9 @@ func New(opts ...Option) (*Tiered, error) {
 		if s.rdb, s.backend, err = newRedisClient(cfg.redisURL); err != nil {
 			return nil, err
 		}
+		for _, h := range cfg.redisHooks {
+			s.rdb.AddHook(h)
+		}
 		s.sharded = s.backend == backendCluster
 	}
 	m, err := newMetrics(cfg.registerer, s.local)
@@ -101,7 +110,10 @@ func New(opts ...Option) (*Tiered, error) {
 	s.stop = cancel
 	s.subDone = make(chan struct{})
 	s.subReady = make(chan struct{})
+	s.wbKick = make(chan struct{}, 1)
+	s.wbDone = make(chan struct{})
 	go s.subscribeLoop(ctx)
+	go s.writebackLoop(ctx)
 	select {
 	case <-s.subReady:
 	case <-time.After(subscribeWait):
@@ -134,6 +146,14 @@ func (s *Tiered) Close() error {
 		}
 		s.subMu.Unlock()
 		<-s.subDone
+		<-s.wbDone
+		// A last write-back, so that what only this instance holds is not
+		// lost with it.
+		fctx, cancel := context.WithTimeout(context.Background(), closeWritebackWait)
+		if _, werr := s.writeBack(fctx); werr != nil {
+			s.log.Warn("state committed while redis was unreachable was not written back before close", "err", werr)
+		}
+		cancel()
 		err = s.rdb.Close()
 	})
 	return err
@@ -148,6 +168,7 @@ func (s *Tiered) breakerChanged(from, to int) {
 		}
 	case breakerClosed:
 		s.log.Info("redis circuit breaker closed: redis is back")
+		s.kickWriteback()
 	}
 }
 
@@ -162,6 +183,10 @@ func (s *Tiered) Pending(ctx context.Context, tenant, responseID string) ([]Call
 	if s.rdb == nil {
 		s.count(k.kind, tierLocal, Miss)
 		return nil, Miss
+	}
+	if s.local.isLost(k) {
+		s.count(k.kind, tierLocal, Unknown)
+		return nil, Unknown
 	}
 	gen := s.local.generation(k)
 	key := pendingKey(tenant, responseID)
@@ -231,6 +256,10 @@ func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
 		s.count(k.kind, tierLocal, Miss)
 		return "", Miss
 	}
+	if s.local.isLost(k) {
+		s.count(k.kind, tierLocal, Unknown)
+		return "", Unknown
+	}
 	gen := s.local.generation(k)
 	key := sessionKey(scope.Tenant, scope.Session, suffixAnchor)
 	var val string
@@ -277,6 +306,10 @@ func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
 	if s.rdb == nil {
 		s.count(k.kind, tierLocal, Miss)
 		return Transcript{}, Miss
+	}
+	if s.local.isLost(k) {
+		s.count(k.kind, tierLocal, Unknown)
+		return Transcript{}, Unknown
 	}
 	gen := s.local.generation(k)
 	listKey := sessionKey(scope.Tenant, scope.Session, suffixReplay)

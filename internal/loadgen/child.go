@@ -18,10 +18,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"chainmend/gateway"
 	"chainmend/statestore"
@@ -46,6 +48,7 @@ func runGatewayChild(args []string) error {
 	reg := prometheus.NewRegistry()
 	store, err := statestore.New(
 		statestore.WithRedisURL(st.Redis),
+		statestore.WithRedisHook(rtCounter),
 		statestore.WithRegisterer(reg),
 		statestore.WithLogger(log),
 		statestore.WithOpTimeout(st.StoreTimeout),
@@ -97,14 +100,60 @@ func runGatewayChild(args []string) error {
 	return nil
 }
 
+// rtHook counts the store's Redis round trips: a command sent alone is one, a pipeline is
+// one, whatever it holds. Connection handshakes and health-check pings are not counted.
+type rtHook struct {
+	singles, pipelines atomic.Int64
+	mu                 sync.Mutex
+	byName             map[string]int64
+}
+
+var rtCounter = &rtHook{byName: map[string]int64{}}
+
+func (h *rtHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *rtHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		switch cmd.Name() {
+		case "hello", "ping": // connection handshake, health checks
+		default:
+			h.singles.Add(1)
+			h.mu.Lock()
+			h.byName[cmd.Name()]++
+			h.mu.Unlock()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *rtHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.pipelines.Add(1)
+		return next(ctx, cmds)
+	}
+}
+
+func (h *rtHook) names() map[string]int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make(map[string]int64, len(h.byName))
+	for k, v := range h.byName {
+		out[k] = v
+	}
+	return out
+}
+
 // childStats is what /loadgen/stats answers.
 type childStats struct {
-	HeapInuse  uint64 `json:"heap_inuse"`
-	HeapAlloc  uint64 `json:"heap_alloc"`
-	StackInuse uint64 `json:"stack_inuse"`
-	Sys        uint64 `json:"sys"`
-	NumGC      uint32 `json:"num_gc"`
-	Goroutines int    `json:"goroutines"`
+	RedisSingles   int64            `json:"redis_singles"`
+	RedisPipelines int64            `json:"redis_pipelines"`
+	RedisSingleCmd map[string]int64 `json:"redis_single_commands"`
+	HeapInuse      uint64           `json:"heap_inuse"`
+	HeapAlloc      uint64           `json:"heap_alloc"`
+	StackInuse     uint64           `json:"stack_inuse"`
+	Sys            uint64           `json:"sys"`
+	NumGC          uint32           `json:"num_gc"`
+	Goroutines     int              `json:"goroutines"`
 }
 
 func serveChildStats(w http.ResponseWriter, r *http.Request) {
@@ -117,8 +166,13 @@ func serveChildStats(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(childStats{
 		HeapInuse: ms.HeapInuse, HeapAlloc: ms.HeapAlloc, StackInuse: ms.StackInuse, Sys: ms.Sys,
 		NumGC: ms.NumGC, Goroutines: runtime.NumGoroutine(),
+		RedisSingles: rtCounter.singles.Load(), RedisPipelines: rtCounter.pipelines.Load(),
+		RedisSingleCmd: rtCounter.names(),
 	})
 }
+
+// gatewayEnv is added to the gateway children's environment (--gateway-env).
+var gatewayEnv []string
 
 // gatewayProc is a running gateway child.
 type gatewayProc struct {
@@ -137,7 +191,7 @@ func startGateway(name string, logPath string, args ...string) (*gatewayProc, er
 		return nil, err
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), childEnv+"=gateway")
+	cmd.Env = append(append(os.Environ(), childEnv+"=gateway"), gatewayEnv...)
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -307,6 +361,7 @@ type cpuMeter struct {
 	mu    sync.Mutex
 	procs []*gatewayProc
 	start []procSample
+	rt0   []childStats
 }
 
 func newCPUMeter(procs ...*gatewayProc) *cpuMeter {
@@ -315,6 +370,28 @@ func newCPUMeter(procs ...*gatewayProc) *cpuMeter {
 		m.start = append(m.start, p.sample())
 	}
 	return m
+}
+
+// withRoundTrips makes the meter also count the children's Redis round trips.
+func (m *cpuMeter) withRoundTrips() *cpuMeter {
+	for _, p := range m.procs {
+		cs, _ := p.stats(false)
+		m.rt0 = append(m.rt0, cs)
+	}
+	return m
+}
+
+// roundTrips returns the Redis round trips (alone, pipelined) since the meter started.
+func (m *cpuMeter) roundTrips() (singles, pipelines int64) {
+	for i, p := range m.procs {
+		if i >= len(m.rt0) {
+			break
+		}
+		cs, _ := p.stats(false)
+		singles += cs.RedisSingles - m.rt0[i].RedisSingles
+		pipelines += cs.RedisPipelines - m.rt0[i].RedisPipelines
+	}
+	return singles, pipelines
 }
 
 // stop returns the CPU time all children used since the meter started, and the

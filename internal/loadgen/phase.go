@@ -190,7 +190,7 @@ func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
 		}(w)
 	}
 	ready.Wait()
-	meter = newCPUMeter(ps.gateways...)
+	meter = newCPUMeter(ps.gateways...).withRoundTrips()
 	if ps.redis != nil {
 		rbefore = ps.redis.commandStats()
 	}
@@ -202,7 +202,8 @@ func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
 	wall := time.Since(t0)
 	cpu, rss := meter.stop()
 	if ps.redis != nil {
-		d := diffCommandStats(rbefore, ps.redis.commandStats())
+		sg, pl := meter.roundTrips()
+		d := diffCommandStats(rbefore, ps.redis.commandStats(), sg, pl)
 		res.Redis = &d
 	}
 	all := map[string]*pairSet{}

@@ -89,26 +89,28 @@ func (r *redisProc) commandStats() map[string]int64 {
 	return out
 }
 
-// redisDelta is what the gateways asked Redis during a phase. The load tool's own INFO
-// calls are excluded.
+// redisDelta is what the gateways asked Redis during a phase: commands from INFO
+// commandstats (the load tool's own INFO calls excluded; commands a script runs count too),
+// round trips from a go-redis hook in each gateway (one per command sent alone, one per
+// pipeline).
 type redisDelta struct {
-	Commands map[string]int64 `json:"commands"`
-	// ReadRoundTrips counts the store's read round trips: a GET (anchor or pending) or a
-	// pipelined LRANGE+HMGET (replay transcript) each cost one.
-	ReadRoundTrips int64 `json:"read_round_trips"`
-	// WriteRoundTrips counts commit pipelines: each carries exactly one PUBLISH (the
-	// invalidation), so PUBLISH calls count them.
+	Commands  map[string]int64 `json:"commands"`
+	Singles   int64            `json:"round_trips_single"`
+	Pipelines int64            `json:"round_trips_pipelined"`
+	// ReadRoundTrips are the reads: every round trip but the commits (which are pipelines
+	// with exactly one PUBLISH, the invalidation): Singles + Pipelines - WriteRoundTrips.
+	ReadRoundTrips  int64 `json:"read_round_trips"`
 	WriteRoundTrips int64 `json:"write_round_trips"`
 }
 
-func diffCommandStats(before, after map[string]int64) redisDelta {
-	d := redisDelta{Commands: map[string]int64{}}
+func diffCommandStats(before, after map[string]int64, singles, pipelines int64) redisDelta {
+	d := redisDelta{Commands: map[string]int64{}, Singles: singles, Pipelines: pipelines}
 	for k, v := range after {
 		if n := v - before[k]; n > 0 && k != "info" && k != "ping" {
 			d.Commands[k] = n
 		}
 	}
-	d.ReadRoundTrips = d.Commands["get"] + d.Commands["lrange"]
 	d.WriteRoundTrips = d.Commands["publish"]
+	d.ReadRoundTrips = max(0, singles+pipelines-d.WriteRoundTrips)
 	return d
 }

@@ -67,9 +67,10 @@ func writeTables(w io.Writer, r *Report) {
 	if t := r.Throughput; t != nil {
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "Saturation (%d sessions of chained 3 KB WebSocket turns, %d × %.1f s windows per side, alternating):\n\n", t.Sessions, t.Windows, t.WindowSec)
-		fmt.Fprintln(w, "| direct turns/s | gateway turns/s | ratio | gateway CPU (cores) | gateway CPU µs/turn | errors |")
+		fmt.Fprintln(w, "| direct turns/s | gateway turns/s | ratio | gateway CPU (cores) | CPU µs per turn: gateway / Redis / clients+emulator (gateway windows) / clients+emulator (direct windows) | errors |")
 		fmt.Fprintln(w, "|---|---|---|---|---|---|")
-		fmt.Fprintf(w, "| %.0f | %.0f | **%.2f** | %.2f | %.0f | %d |\n", t.DirectTurnsPS, t.GatewayTurnsPS, t.Ratio, t.GatewayCPUUtil, t.CPUPerTurnUs, t.Errors)
+		fmt.Fprintf(w, "| %.0f | %.0f | **%.2f** | %.2f | %.0f / %.0f / %.0f / %.0f | %d |\n", t.DirectTurnsPS, t.GatewayTurnsPS, t.Ratio, t.GatewayCPUUtil,
+			t.CPUPerTurnUs, t.RedisCPUUs, t.LoadCPUGatewayUs, t.LoadCPUDirectUs, t.Errors)
 	}
 	if s := r.Stream; s != nil {
 		fmt.Fprintln(w)
@@ -92,14 +93,16 @@ func writeTables(w io.Writer, r *Report) {
 			fmt.Fprintf(w, "\nerror: %s\n", i.Error)
 		}
 	}
-	if m := r.Moved; m != nil {
+	if len(r.Moved) > 0 {
 		fmt.Fprintln(w)
-		fmt.Fprintf(w, "Sessions that move (%d sessions over two instances on one Redis, reconnecting to the other instance every 4 turns, chain continued):\n\n", m.Sessions)
-		fmt.Fprintln(w, "| turns | arrivals (first + moves) | read RT per arrival | write RT per turn | gateway CPU µs/turn | errors |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|")
-		fmt.Fprintf(w, "| %d | %d | %.2f | %.2f | %.0f | %d |\n", m.Turns, m.MovedTurns, m.ReadRTPerMoved, m.WriteRTPerTurn, m.CPUPerTurnUs, m.Errors)
-		if m.FirstErr != "" {
-			fmt.Fprintf(w, "\nerror: %s\n", m.FirstErr)
+		fmt.Fprintf(w, "Sessions that move (%d sessions over two instances on one Redis, reconnecting to the other instance every %d turns, %.0f ms later):\n\n", r.Moved[0].Sessions, cycleLen, moveGap.Seconds()*1000)
+		fmt.Fprintln(w, "| first turn on the new instance | turns | moves | read RT per move | write RT per turn | gateway CPU µs/turn | errors |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+		for _, m := range r.Moved {
+			fmt.Fprintf(w, "| %s | %d | %d | %.2f | %.2f | %.0f | %d |\n", m.Kind, m.Turns, m.Moves, m.ReadRTPerMove, m.WriteRTPerTurn, m.CPUPerTurnUs, m.Errors)
+			if m.FirstErr != "" {
+				fmt.Fprintf(w, "\nerror: %s\n", m.FirstErr)
+			}
 		}
 	}
 	for _, p := range r.Phases {

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +33,7 @@ type Config struct {
 	Policies     string
 	RedisBin     string
 	JSON         bool
+	JSONOut      string // also write the JSON report to this file
 	OutDir       string // logs and profiles; a temporary directory when empty
 	Keep         bool   // keep OutDir (always kept when given)
 	PhaseWall    time.Duration
@@ -65,7 +67,7 @@ type Report struct {
 	Throughput *ThroughputResult `json:"throughput,omitempty"`
 	Stream     *StreamResult     `json:"stream,omitempty"`
 	Idle       *IdleResult       `json:"idle,omitempty"`
-	Moved      *MovedResult      `json:"moved,omitempty"`
+	Moved      []MovedResult     `json:"moved,omitempty"`
 	Profiles   []string          `json:"profiles,omitempty"`
 	// RulesFired is what the policies did on every gateway over the whole run, by reason;
 	// StoreCommits the gateways' store commits by result (redis, local_only, degraded: a
@@ -73,8 +75,8 @@ type Report struct {
 	// saturated).
 	RulesFired   map[string]float64 `json:"rules_fired"`
 	StoreCommits map[string]float64 `json:"store_commits"`
-	WallSec    float64            `json:"wall_sec"`
-	Emulator   emulator.Stats     `json:"emulator_stats"`
+	WallSec      float64            `json:"wall_sec"`
+	Emulator     emulator.Stats     `json:"emulator_stats"`
 }
 
 const method = "interleaved: every turn of a conversation runs once direct to the emulator and once through the gateway, " +
@@ -102,10 +104,22 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "loadgen:", err)
 		return 1
 	}
+	if cfg.JSONOut != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err == nil {
+			err = os.WriteFile(cfg.JSONOut, b, 0o644)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "loadgen: --json-out:", err)
+		}
+	}
 	if cfg.JSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintln(stderr, "loadgen: json:", err)
+			return 1
+		}
 	} else {
 		writeTables(stdout, rep)
 	}
@@ -123,6 +137,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Policies, "policies", "policies", "policy directory for the gateways")
 	fs.StringVar(&c.RedisBin, "redis-server", "redis-server", "redis-server binary")
 	fs.BoolVar(&c.JSON, "json", false, "print the report as JSON instead of tables")
+	fs.StringVar(&c.JSONOut, "json-out", "", "also write the JSON report to this file")
 	fs.StringVar(&c.OutDir, "out", "", "directory for gateway logs and profiles (default: a temporary one, removed)")
 	fs.DurationVar(&c.PhaseWall, "phase-wall", 4*time.Second, "upper bound of one latency phase")
 	fs.IntVar(&c.Pairs1, "pairs", 4000, "turn pairs of a 1-session phase (upper bound)")
@@ -139,10 +154,14 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.BoolVar(&c.Profile, "profile", false, "take CPU and allocation profiles of the gateway under load (written to --out)")
 	fs.IntVar(&c.ProfileSec, "profile-seconds", 8, "length of the profiled load")
 	fs.BoolVar(&c.Quick, "quick", false, "a short smoke run (small counts)")
+	genv := fs.String("gateway-env", "", "comma-separated KEY=VALUE pairs for the gateway processes (e.g. GOMAXPROCS=1,GOGC=200)")
 	only := fs.String("only", "", "run only the latency phases whose name matches this regexp (e.g. 'ws-small-1-')")
 	fs.StringVar(&c.ProfileMix, "profile-mix", "all", "load during --profile: all, ws-small, ws-big, http-small or http-big")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if *genv != "" {
+		gatewayEnv = strings.Split(*genv, ",")
 	}
 	if *only != "" {
 		re, err := regexp.Compile(*only)
@@ -172,7 +191,7 @@ func (r *Report) failed() bool {
 		}
 	}
 	return (r.Throughput != nil && r.Throughput.Errors > 0) || (r.Stream != nil && r.Stream.Error != "") ||
-		(r.Idle != nil && r.Idle.Error != "") || (r.Moved != nil && r.Moved.Errors > 0)
+		(r.Idle != nil && r.Idle.Error != "") || slices.ContainsFunc(r.Moved, func(m MovedResult) bool { return m.Errors > 0 })
 }
 
 func loadavg() string {
@@ -324,11 +343,12 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 		// Scale-out: the same 10-session phase over one instance and over two.
 		phase("ws-small-10-redis-1inst", "ws", mixSmall, "redis", 10, []*gatewayProc{gwA})
 		phase("ws-small-10-redis-2inst", "ws", mixSmall, "redis", 10, []*gatewayProc{gwA, gwB})
-		m := e.runMoved(ctx, []*gatewayProc{gwA, gwB}, rds, 10, cond(cfg.Quick, 8, 40), 4)
-		rep.Moved = &m
+		for _, off := range []int{cycleLen / 2, 0} {
+			rep.Moved = append(rep.Moved, e.runMoved(ctx, []*gatewayProc{gwA, gwB}, rds, 10, cond(cfg.Quick, 17, 49), off))
+		}
 	}
 	if cfg.TputSessions > 0 {
-		t := e.runThroughput(ctx, gwA, cfg.TputSessions, cfg.TputWindows, cfg.TputWindow)
+		t := e.runThroughput(ctx, gwA, rds, cfg.TputSessions, cfg.TputWindows, cfg.TputWindow)
 		rep.Throughput = &t
 	}
 	if cfg.StreamDeltas > 0 {
@@ -341,6 +361,13 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	}
 	if cfg.Profile {
 		rep.Profiles = e.runProfile(ctx, gwA, outDir, cfg.ProfileSec, cfg.ProfileMix)
+	}
+	for _, g := range []*gatewayProc{gwA, gwB} {
+		if g != nil {
+			if cs, err := g.stats(false); err == nil {
+				logf("gateway %s: Redis round trips %d alone %v, %d pipelined", g.name, cs.RedisSingles, cs.RedisSingleCmd, cs.RedisPipelines)
+			}
+		}
 	}
 	rep.RulesFired, rep.StoreCommits = map[string]float64{}, map[string]float64{}
 	for _, g := range []*gatewayProc{gwA, gwB, gwL} {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -22,13 +23,19 @@ type ThroughputResult struct {
 	// cores); CPUPerTurnUs is the gateway CPU per turn at saturation.
 	GatewayCPUUtil float64 `json:"gateway_cpu_util"`
 	CPUPerTurnUs   float64 `json:"gateway_cpu_per_turn_us"`
-	Errors         int     `json:"errors"`
-	FirstErr       string  `json:"first_error,omitempty"`
+	// LoadCPUDirectUs and LoadCPUGatewayUs are this process's CPU (clients and emulator)
+	// per turn in the direct and in the gateway windows, RedisCPUUs the Redis server's per
+	// gateway turn: with the gateway's own, where the machine's two cores go.
+	LoadCPUDirectUs  float64 `json:"loadgen_cpu_per_direct_turn_us"`
+	LoadCPUGatewayUs float64 `json:"loadgen_cpu_per_gateway_turn_us"`
+	RedisCPUUs       float64 `json:"redis_cpu_per_gateway_turn_us"`
+	Errors           int     `json:"errors"`
+	FirstErr         string  `json:"first_error,omitempty"`
 }
 
 // runThroughput alternates direct and gateway windows (direct first, then gateway, …) with
 // every worker running chained 3 KB WebSocket turns back to back.
-func (e *env) runThroughput(ctx context.Context, g *gatewayProc, sessions, windows int, window time.Duration) ThroughputResult {
+func (e *env) runThroughput(ctx context.Context, g *gatewayProc, rds *redisProc, sessions, windows int, window time.Duration) ThroughputResult {
 	res := ThroughputResult{Sessions: sessions, Windows: windows, WindowSec: window.Seconds()}
 	cli := newHTTPClient(sessions + 4)
 	defer cli.CloseIdleConnections()
@@ -82,24 +89,32 @@ func (e *env) runThroughput(ctx context.Context, g *gatewayProc, sessions, windo
 	}
 	ready.Wait()
 	close(start)
-	var dur [2]time.Duration
-	var cpu time.Duration
+	var dur, self [2]time.Duration
+	var cpu, rcpu time.Duration
 	for i := 0; i < 2*windows && ctx.Err() == nil; i++ {
 		m := int32(i % 2)
 		mode.Store(m)
-		n0 := done[m].Load()
 		t0 := time.Now()
+		s0 := selfCPU()
 		var meter *cpuMeter
+		var r0 procSample
 		if m == 1 {
 			meter = newCPUMeter(g)
+			if rds != nil {
+				r0, _ = readProc(rds.cmd.Process.Pid)
+			}
 		}
 		time.Sleep(window)
 		if meter != nil {
 			c, _ := meter.stop()
 			cpu += c
+			if rds != nil {
+				r1, _ := readProc(rds.cmd.Process.Pid)
+				rcpu += r1.cpu - r0.cpu
+			}
 		}
+		self[m] += selfCPU() - s0
 		dur[m] += time.Since(t0)
-		_ = n0
 	}
 	mode.Store(2)
 	wg.Wait()
@@ -111,6 +126,11 @@ func (e *env) runThroughput(ctx context.Context, g *gatewayProc, sessions, windo
 	res.GatewayCPUUtil = cpu.Seconds() / dur[1].Seconds()
 	if n := done[1].Load(); n > 0 {
 		res.CPUPerTurnUs = float64(cpu.Microseconds()) / float64(n)
+		res.LoadCPUGatewayUs = float64(self[1].Microseconds()) / float64(n)
+		res.RedisCPUUs = float64(rcpu.Microseconds()) / float64(n)
+	}
+	if n := done[0].Load(); n > 0 {
+		res.LoadCPUDirectUs = float64(self[0].Microseconds()) / float64(n)
 	}
 	res.Errors = int(errs.Load())
 	if v, ok := firstErr.Load().(string); ok {
@@ -119,6 +139,15 @@ func (e *env) runThroughput(ctx context.Context, g *gatewayProc, sessions, windo
 	e.logf("throughput %d sessions: direct %.0f turns/s, gateway %.0f turns/s (%.2f×), gateway CPU %.0f µs/turn",
 		sessions, res.DirectTurnsPS, res.GatewayTurnsPS, res.Ratio, res.CPUPerTurnUs)
 	return res
+}
+
+// selfCPU is this process's CPU time (user + system).
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // StreamResult is the relay throughput of one session: a turn of many text deltas.
@@ -236,7 +265,8 @@ func (e *env) runIdle(ctx context.Context, g *gatewayProc, n int) IdleResult {
 					return
 				}
 				sid := fmt.Sprintf("lg-idle-%d", i)
-				s, err := dialWS(ctx, tg, clientHeaders(sid, "idle"), nil)
+				// 100 sessions per credential: under the gateway's per-tenant cap.
+				s, err := dialWS(ctx, tg, clientHeaders(sid, fmt.Sprintf("idle%d", i/100)), nil)
 				if err == nil {
 					err = s.warmup(ctx)
 					if err != nil {
@@ -300,30 +330,40 @@ func (e *env) runIdle(ctx context.Context, g *gatewayProc, n int) IdleResult {
 // MovedResult is sessions that change gateway instance mid-conversation (a client
 // reconnecting elsewhere), through two instances on one Redis; gateway side only.
 type MovedResult struct {
+	// Kind is "chained" (the first turn on the new instance chains with
+	// previous_response_id) or "full" (it is a full create, as Codex sends after a
+	// reconnect).
+	Kind         string      `json:"kind"`
 	Sessions     int         `json:"sessions"`
 	Turns        int         `json:"turns"`
-	MovedTurns   int         `json:"moved_turns"`
+	Moves        int         `json:"moves"`
 	Errors       int         `json:"errors"`
 	FirstErr     string      `json:"first_error,omitempty"`
 	CPUPerTurnUs float64     `json:"gateway_cpu_per_turn_us"`
 	Redis        *redisDelta `json:"redis"`
-	// ReadRTPerMoved is read round trips per moved turn; ReadRTPerStayed is what the
-	// remaining (stayed) turns cost, computed from the stayed-only phase.
-	ReadRTPerMoved float64 `json:"read_round_trips_per_moved_turn"`
+	// ReadRTPerMove is the read round trips per move: all reads, less one per session for
+	// its very first turn (a new session: one pipelined read that finds nothing), over the
+	// moves. The turns between moves read nothing.
+	ReadRTPerMove  float64 `json:"read_round_trips_per_move"`
 	WriteRTPerTurn float64 `json:"write_round_trips_per_turn"`
 }
 
-// runMoved: each worker runs chained 3 KB turns and reconnects to the other instance every
-// moveEvery turns, continuing the chain (the gateway repairs it from the shared state).
-func (e *env) runMoved(ctx context.Context, gws []*gatewayProc, r *redisProc, sessions, turns, moveEvery int) MovedResult {
-	res := MovedResult{Sessions: sessions}
+// moveGap is the pause of a client between losing one instance and reaching the next.
+var moveGap = 5 * time.Millisecond
+
+// runMoved: each worker runs the WebSocket conversation (a full create every cycleLen turns,
+// chained turns between) and reconnects to the other instance every cycleLen turns, at turn
+// offset within the cycle: 0 lands on the full create, anything else on a chained turn,
+// which the gateway continues from the shared state.
+func (e *env) runMoved(ctx context.Context, gws []*gatewayProc, r *redisProc, sessions, turns, offset int) MovedResult {
+	res := MovedResult{Sessions: sessions, Kind: cond(offset%cycleLen == 0, "full", "chained")}
 	cli := newHTTPClient(sessions + 4)
 	defer cli.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	meter := newCPUMeter(gws...)
+	meter := newCPUMeter(gws...).withRoundTrips()
 	before := r.commandStats()
 	for w := 0; w < sessions; w++ {
 		wg.Add(1)
@@ -334,16 +374,22 @@ func (e *env) runMoved(ctx context.Context, gws []*gatewayProc, r *redisProc, se
 			p := newPayloads(sid, seed)
 			hdr := clientHeaders(sid, "m")
 			var s *wsSession
-			n, moved := 0, 0
+			n, moves, inst := 0, 0, w
 			var err error
 			for i := 0; i < turns && ctx.Err() == nil; i++ {
-				if i%moveEvery == 0 {
+				if s == nil || (i%cycleLen == offset%cycleLen && i > 0) {
 					if s != nil {
 						s.close()
+						// A client notices the lost connection and reconnects elsewhere:
+						// milliseconds, not microseconds. (Reconnecting at once can beat the
+						// previous instance's invalidation to the new one, which then drops
+						// what it just read and reads it again.)
+						time.Sleep(moveGap)
+						moves++
+						inst++
 					}
-					moved++ // an arrival: the first connection or a move
 					var ns *wsSession
-					if ns, err = dialWS(ctx, e.gatewayTarget(gws[(w+i/moveEvery)%len(gws)], cli), hdr, p); err != nil {
+					if ns, err = dialWS(ctx, e.gatewayTarget(gws[inst%len(gws)], cli), hdr, p); err != nil {
 						break
 					}
 					if s != nil {
@@ -362,7 +408,7 @@ func (e *env) runMoved(ctx context.Context, gws []*gatewayProc, r *redisProc, se
 			mu.Lock()
 			defer mu.Unlock()
 			res.Turns += n
-			res.MovedTurns += moved
+			res.Moves += moves
 			if err != nil {
 				res.Errors++
 				if res.FirstErr == "" {
@@ -373,16 +419,17 @@ func (e *env) runMoved(ctx context.Context, gws []*gatewayProc, r *redisProc, se
 	}
 	wg.Wait()
 	cpu, _ := meter.stop()
-	d := diffCommandStats(before, r.commandStats())
+	sg, pl := meter.roundTrips()
+	d := diffCommandStats(before, r.commandStats(), sg, pl)
 	res.Redis = &d
 	if res.Turns > 0 {
 		res.CPUPerTurnUs = float64(cpu.Microseconds()) / float64(res.Turns)
 		res.WriteRTPerTurn = float64(d.WriteRoundTrips) / float64(res.Turns)
 	}
-	if res.MovedTurns > 0 {
-		res.ReadRTPerMoved = float64(d.ReadRoundTrips) / float64(res.MovedTurns)
+	if res.Moves > 0 {
+		res.ReadRTPerMove = float64(d.ReadRoundTrips-int64(sessions)) / float64(res.Moves)
 	}
-	e.logf("moved: %d turns, %d moved, %.2f read round trips per moved turn, %.2f write round trips per turn, errors %d %s",
-		res.Turns, res.MovedTurns, res.ReadRTPerMoved, res.WriteRTPerTurn, res.Errors, res.FirstErr)
+	e.logf("moved (%s): %d turns, %d moves, %.2f read round trips per move, %.2f write round trips per turn, errors %d %s",
+		res.Kind, res.Turns, res.Moves, res.ReadRTPerMove, res.WriteRTPerTurn, res.Errors, res.FirstErr)
 	return res
 }

@@ -12,7 +12,7 @@ var quantiles = []float64{0.50, 0.90, 0.99, 0.999}
 // pctl returns the q-quantile of sorted values (nearest rank).
 func pctl(sorted []float64, q float64) float64 {
 	if len(sorted) == 0 {
-		return math.NaN()
+		return 0 // JSON has no NaN; empty classes are not reported
 	}
 	i := int(math.Ceil(q*float64(len(sorted)))) - 1
 	return sorted[max(0, min(i, len(sorted)-1))]

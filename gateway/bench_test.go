@@ -1,4 +1,4 @@
-package loadgen
+package gateway
 
 // Micro-benchmarks of the gateway's hot pieces (issue 7), each with its baseline in the same
 // benchmark so that both see the same machine load:
@@ -16,7 +16,6 @@ package loadgen
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -28,8 +27,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"chainmend/emulator"
-	"chainmend/gateway"
+	"chainmend/engine"
 	"chainmend/responses"
+	"chainmend/statestore"
 )
 
 // benchStack is an emulator, a gateway in front of it, and a raw copying proxy in front of
@@ -38,7 +38,7 @@ type benchStack struct {
 	emu *emulator.Emulator
 	gw  *httptest.Server
 	raw *httptest.Server
-	srv *gateway.Server
+	srv *Server
 }
 
 func newBenchStack(b *testing.B, opts ...emulator.Option) *benchStack {
@@ -47,10 +47,10 @@ func newBenchStack(b *testing.B, opts ...emulator.Option) *benchStack {
 	if err := emu.Listen("127.0.0.1:0"); err != nil {
 		b.Fatal(err)
 	}
-	cfg := gateway.DefaultConfig()
+	cfg := DefaultConfig()
 	cfg.Upstream = emu.URL() + "/v1"
-	cfg.Policies = "../../policies"
-	srv, err := gateway.New(cfg, gateway.WithLogger(slog.New(slog.DiscardHandler)), gateway.WithRegistry(prometheus.NewRegistry()))
+	cfg.Policies = "../policies"
+	srv, err := New(cfg, WithLogger(slog.New(slog.DiscardHandler)), WithRegistry(prometheus.NewRegistry()))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -176,6 +176,26 @@ func BenchmarkRelay(b *testing.B) {
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
 		})
 	}
+	// The three interleaved turn by turn, so that they see the same machine load.
+	b.Run("interleaved", func(b *testing.B) {
+		cs := []*benchClient{dialBench(b, wsURL(st.gw)), dialBench(b, wsURL(st.raw)), dialBench(b, st.emu.WebSocketURL())}
+		var t [3]time.Duration
+		events := 0
+		for b.Loop() {
+			for i, bc := range cs {
+				t0 := time.Now()
+				n := bc.turn(b, frame)
+				t[i] += time.Since(t0)
+				if i == 0 {
+					events += n
+				}
+			}
+		}
+		b.ReportMetric(float64(events)/t[0].Seconds(), "gateway-events/s")
+		b.ReportMetric(float64(events)/t[1].Seconds(), "raw-events/s")
+		b.ReportMetric(float64(events)/t[2].Seconds(), "direct-events/s")
+		b.ReportMetric(float64(t[0])/float64(t[1]), "gateway/raw")
+	})
 }
 
 // BenchmarkTurnWS is one ~3 KB chained turn, the common Codex turn: alternately a tool
@@ -211,6 +231,37 @@ func BenchmarkTurnWS(b *testing.B) {
 			}
 		})
 	}
+	// The three interleaved turn by turn (each its own conversation), so that they see the
+	// same machine load; per-turn times and the gateway's ratio to the raw copy.
+	b.Run("interleaved", func(b *testing.B) {
+		cs := []*benchClient{dialBench(b, wsURL(st.gw)), dialBench(b, wsURL(st.raw)), dialBench(b, st.emu.WebSocketURL())}
+		var calls [3]string
+		var t [3]time.Duration
+		i := 0
+		for b.Loop() {
+			for k, bc := range cs {
+				var frame []byte
+				switch {
+				case i%50 == 0:
+					frame = full
+				case i%2 == 1:
+					frame = fmt.Appendf(nil, `{"type":"response.create","model":"gpt-5.5","store":false,"previous_response_id":%q,`+tools+
+						`,"input":[{"type":"function_call_output","call_id":%q,"output":%q}]}`, bc.prev, calls[k], text)
+				default:
+					frame = fmt.Appendf(nil, `{"type":"response.create","model":"gpt-5.5","store":false,"previous_response_id":%q,`+tools+
+						`,"input":[{"type":"message","role":"user","content":"turn %d: %s"}]}`, bc.prev, i, text)
+				}
+				t0 := time.Now()
+				calls[k] = bc.turnCall(b, frame)
+				t[k] += time.Since(t0)
+			}
+			i++
+		}
+		b.ReportMetric(float64(t[0].Nanoseconds())/float64(i), "gateway-ns/turn")
+		b.ReportMetric(float64(t[1].Nanoseconds())/float64(i), "raw-ns/turn")
+		b.ReportMetric(float64(t[2].Nanoseconds())/float64(i), "direct-ns/turn")
+		b.ReportMetric(float64(t[0]-t[1])/float64(i), "added-over-raw-ns/turn")
+	})
 }
 
 // turnCall runs a turn and returns the call id the response asks for.
@@ -241,9 +292,93 @@ func (bc *benchClient) turnCall(b *testing.B, frame []byte) string {
 	}
 }
 
-var _ = io.EOF
+// BenchmarkBuildTurn builds the turn context of a chained turn whose session state is in
+// the local store (anchor, pending calls, a 40-item transcript); the baseline is the three
+// store reads alone.
+func BenchmarkBuildTurn(b *testing.B) {
+	st := newBenchStack(b)
+	srv := st.srv
+	hdr := http.Header{}
+	hdr.Set("Authorization", "Bearer sk-bench")
+	hdr.Set("Session-Id", "bench-build")
+	scope := statestore.Scope{Tenant: statestore.TenantOf("Bearer sk-bench"), Session: "bench-build"}
+	items := make([]statestore.ReplayItem, 40)
+	for i := range items {
+		items[i] = statestore.ReplayItem{Raw: []byte(`{"type":"message","role":"user","content":"x"}`), Type: "message"}
+	}
+	anchor := "resp_bench1"
+	ctx := context.Background()
+	if err := srv.store.Commit(ctx, statestore.Batch{Scope: scope, Anchor: &anchor,
+		PutPending:  &statestore.PendingPut{ResponseID: anchor, Calls: []statestore.Call{{ID: "call_1", Kind: "function_call"}}},
+		ReplayReset: true, ReplayAppend: items, ReplayLastResponseID: anchor}); err != nil {
+		b.Fatal(err)
+	}
+	req, err := responses.Parse([]byte(`{"type":"response.create","model":"m","store":false,"previous_response_id":"resp_bench1","input":[{"type":"function_call_output","call_id":"call_1","output":"ok"}]}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("build_turn", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var mem memory
+			tc := srv.buildTurn(ctx, req, engine.TransportWebSocket, hdr, "c1", &mem, "")
+			if !tc.t.Pending.Known {
+				b.Fatal("pending not found")
+			}
+		}
+	})
+	b.Run("baseline_store_reads", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			a, _ := srv.store.Anchor(ctx, scope)
+			_, _ = srv.store.Pending(ctx, scope.Tenant, a)
+			_, _ = srv.store.Replay(ctx, scope)
+		}
+	})
+}
 
-func TestTmpWhatGoesUp(t *testing.T) {
-	b := &testing.B{}
-	_ = b
+// BenchmarkTurnWSFull175K is a full create of about 175 KB (a transcript of 13 rounds of
+// reasoning with 8 KB of encrypted_content, a call and its output) on a fresh chain every
+// turn, as Codex sends after a reconnect.
+func BenchmarkTurnWSFull175K(b *testing.B) {
+	st := newBenchStack(b, emulator.WithScript(emulator.Reply("ok")))
+	var sb strings.Builder
+	sb.WriteString(`{"type":"response.create","model":"gpt-5.5","store":false,"input":[`)
+	enc := strings.Repeat("gAAAAABo", 1024)
+	for i := 0; i < 13; i++ {
+		fmt.Fprintf(&sb, `{"type":"reasoning","id":"rs_%d","summary":[],"encrypted_content":"%s"},`, i, enc)
+		fmt.Fprintf(&sb, `{"type":"function_call","id":"fc_%d","call_id":"call_%d","name":"exec","arguments":"{}"},`, i, i)
+		fmt.Fprintf(&sb, `{"type":"function_call_output","call_id":"call_%d","output":%q},`, i, strings.Repeat("line of output\n", 360))
+	}
+	sb.WriteString(`{"type":"message","role":"user","content":"go on"}]}`)
+	frame := []byte(sb.String())
+	for _, tc := range []struct{ name, url string }{
+		{"gateway", wsURL(st.gw)}, {"raw_copy", wsURL(st.raw)}, {"direct", st.emu.WebSocketURL()},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			bc := dialBench(b, tc.url)
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			for b.Loop() {
+				bc.turn(b, frame)
+			}
+		})
+	}
+	b.Run("interleaved", func(b *testing.B) {
+		cs := []*benchClient{dialBench(b, wsURL(st.gw)), dialBench(b, wsURL(st.raw)), dialBench(b, st.emu.WebSocketURL())}
+		var t [3]time.Duration
+		n := 0
+		for b.Loop() {
+			for k, bc := range cs {
+				t0 := time.Now()
+				bc.turn(b, frame)
+				t[k] += time.Since(t0)
+			}
+			n++
+		}
+		b.ReportMetric(float64(t[0].Nanoseconds())/float64(n), "gateway-ns/turn")
+		b.ReportMetric(float64(t[1].Nanoseconds())/float64(n), "raw-ns/turn")
+		b.ReportMetric(float64(t[2].Nanoseconds())/float64(n), "direct-ns/turn")
+		b.ReportMetric(float64(t[0]-t[1])/float64(n), "added-over-raw-ns/turn")
+	})
 }
