@@ -5,10 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
+
+	"chainmend/statestore"
 )
 
 // Settings are the command line of cmd/gateway: the Config plus process-level options.
@@ -123,4 +127,24 @@ func applyYAML(fs *flag.FlagSet, data []byte) error {
 		}
 	}
 	return nil
+}
+
+// OpenStore builds the state store the settings describe (Redis when a URL is given, else
+// the embedded local store), with its metrics on reg; extra options come last.
+func (st *Settings) OpenStore(log *slog.Logger, reg prometheus.Registerer, extra ...statestore.Option) (*statestore.Tiered, error) {
+	opts := []statestore.Option{
+		statestore.WithRedisURL(st.Redis),
+		statestore.WithRegisterer(reg),
+		statestore.WithLogger(log),
+		statestore.WithOpTimeout(st.StoreTimeout),
+		statestore.WithTTL(statestore.KindPending, st.PendingTTL),
+		statestore.WithTTL(statestore.KindAnchor, st.AnchorTTL),
+		statestore.WithTTL(statestore.KindReplay, st.ReplayTTL),
+		statestore.WithReplayCap(st.ReplayCapBytes),
+	}
+	store, err := statestore.New(append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("state store: %w", err)
+	}
+	return store, nil
 }

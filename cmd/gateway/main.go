@@ -35,18 +35,9 @@ func run() error {
 	statestore.RouteRedisLogs(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	store, err := statestore.New(
-		statestore.WithRedisURL(st.Redis),
-		statestore.WithRegisterer(reg),
-		statestore.WithLogger(log),
-		statestore.WithOpTimeout(st.StoreTimeout),
-		statestore.WithTTL(statestore.KindPending, st.PendingTTL),
-		statestore.WithTTL(statestore.KindAnchor, st.AnchorTTL),
-		statestore.WithTTL(statestore.KindReplay, st.ReplayTTL),
-		statestore.WithReplayCap(st.ReplayCapBytes),
-	)
+	store, err := st.OpenStore(log, reg)
 	if err != nil {
-		return fmt.Errorf("state store: %w", err)
+		return err
 	}
 	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
 	if err != nil {

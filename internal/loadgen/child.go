@@ -46,19 +46,9 @@ func runGatewayChild(args []string) error {
 	log := gateway.NewLogger(os.Stderr, st.LogLevel, st.LogFormat)
 	statestore.RouteRedisLogs(log)
 	reg := prometheus.NewRegistry()
-	store, err := statestore.New(
-		statestore.WithRedisURL(st.Redis),
-		statestore.WithRedisHook(rtCounter),
-		statestore.WithRegisterer(reg),
-		statestore.WithLogger(log),
-		statestore.WithOpTimeout(st.StoreTimeout),
-		statestore.WithTTL(statestore.KindPending, st.PendingTTL),
-		statestore.WithTTL(statestore.KindAnchor, st.AnchorTTL),
-		statestore.WithTTL(statestore.KindReplay, st.ReplayTTL),
-		statestore.WithReplayCap(st.ReplayCapBytes),
-	)
+	store, err := st.OpenStore(log, reg, statestore.WithRedisHook(rtCounter))
 	if err != nil {
-		return fmt.Errorf("state store: %w", err)
+		return err
 	}
 	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
 	if err != nil {
