@@ -582,7 +582,7 @@ func testOutage(t *testing.T, e *env) {
 		return a.Commit(ctx, Batch{Scope: sc, PutPending: &PendingPut{ResponseID: "resp_3"}, Anchor: strp("resp_3"),
 			ReplayAppend: []ReplayItem{item("function_call_output", "c2", 10)}, ReplayLastResponseID: "resp_3"}) == nil
 	}, "A writes to Redis again")
-	eventually(t, 100*time.Millisecond, func() bool {
+	eventually(t, 2*time.Second, func() bool {
 		tr, r := b.Replay(ctx, sc)
 		return r == Hit && len(tr.Items) == 3 && tr.LastResponseID == "resp_3"
 	}, "B sees A's full transcript")
