@@ -582,10 +582,21 @@ func testOutage(t *testing.T, e *env) {
 		return a.Commit(ctx, Batch{Scope: sc, PutPending: &PendingPut{ResponseID: "resp_3"}, Anchor: strp("resp_3"),
 			ReplayAppend: []ReplayItem{item("function_call_output", "c2", 10)}, ReplayLastResponseID: "resp_3"}) == nil
 	}, "A writes to Redis again")
-	eventually(t, 2*time.Second, func() bool {
-		tr, r := b.Replay(ctx, sc)
-		return r == Hit && len(tr.Items) == 3 && tr.LastResponseID == "resp_3"
-	}, "B sees A's full transcript")
+	var lastTr Transcript
+	var lastR Result
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		lastTr, lastR = b.Replay(ctx, sc)
+		if lastR == Hit && len(lastTr.Items) == 3 && lastTr.LastResponseID == "resp_3" {
+			break
+		}
+		if time.Now().After(deadline) {
+			atr, ar := a.Replay(ctx, sc)
+			t.Fatalf("B sees A's full transcript: B read %s, %d items, last %q; A reads %s, %d items, last %q",
+				lastR, len(lastTr.Items), lastTr.LastResponseID, ar, len(atr.Items), atr.LastResponseID)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	id, r = b.Anchor(ctx, sc)
 	assert.Equal(t, Hit, r)
 	assert.Equal(t, "resp_3", id)
