@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -105,8 +106,8 @@ func Run(ctx context.Context, w io.Writer, policies string) error {
 	cfg.Upstream = emu.URL()
 	cfg.Policies = policies
 	reg := prometheus.NewRegistry()
-	var logs bytes.Buffer
-	srv, err := gateway.New(cfg, gateway.WithRegistry(reg), gateway.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	logs := &lockedBuffer{}
+	srv, err := gateway.New(cfg, gateway.WithRegistry(reg), gateway.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	if err != nil {
 		return err
 	}
@@ -135,7 +136,7 @@ func Run(ctx context.Context, w io.Writer, policies string) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	fmt.Fprintln(w, "== What the policies did, turn by turn (gateway log)")
-	sc := bufio.NewScanner(&logs)
+	sc := bufio.NewScanner(strings.NewReader(logs.String()))
 	for sc.Scan() {
 		if line := sc.Text(); strings.Contains(line, "msg=turn ") {
 			fmt.Fprintln(w, "   "+compactLog(line))
@@ -155,6 +156,25 @@ func Run(ctx context.Context, w io.Writer, policies string) error {
 	}
 	fmt.Fprintln(w, "\n   (scrape them live at /metrics: `make run`, then curl 127.0.0.1:8787/metrics)")
 	return nil
+}
+
+// lockedBuffer is the gateway's log sink: the gateway writes from its goroutines while the
+// demo reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func compactLog(line string) string {
