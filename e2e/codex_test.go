@@ -23,6 +23,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"chainmend/internal/e2etest"
 )
 
 // codexKeyEnv is the env_key of the test model provider; it holds testSecret.
@@ -76,7 +78,7 @@ func TestCodexCLI(t *testing.T) {
 
 			res := runCodex(t, codex, rec.URL()+"/v1")
 			require.Equal(t, 0, res.exit, "codex exec failed:\n--- stdout\n%s\n--- stderr\n%s", tail(res.stdout, 4000), tail(res.stderr, 8000))
-			assert.Contains(t, res.last, CodexEcho, "Codex's final message is the model's answer")
+			assert.Contains(t, res.last, e2etest.CodexEcho, "Codex's final message is the model's answer")
 
 			reasons := gw.FiredSince(t, before)
 			t.Logf("gateway reasons: %v", reasons)

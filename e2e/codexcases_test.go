@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
+	"chainmend/internal/e2etest"
 )
 
 // codexVersion is the Codex CLI release the suite installs and its captures come from.
@@ -33,7 +34,7 @@ var codexCases = []codexCase{
 		name:        "plain",
 		description: "The tool loop on one upstream connection: warm-up, the user turn chained to it (the model calls exec_command), the tool output chained to that response, the final answer.",
 		start: func(t *testing.T) *emulator.Emulator {
-			return emulator.StartTest(t, emulator.WithScript(CodexScript()))
+			return emulator.StartTest(t, emulator.WithScript(e2etest.CodexScript()))
 		},
 		check: func(t *testing.T, emu *emulator.Emulator, reasons []string) {
 			cs := emu.Creates()
@@ -54,7 +55,7 @@ var codexCases = []codexCase{
 		name:        "drop-after-completed",
 		description: "The emulator drops every upstream connection abruptly right after its first generating response.completed (warm-ups do not count): each later turn reaches the upstream as a full replay on a fresh connection.",
 		start: func(t *testing.T) *emulator.Emulator {
-			return emulator.StartTest(t, emulator.WithScript(CodexScript()),
+			return emulator.StartTest(t, emulator.WithScript(e2etest.CodexScript()),
 				emulator.WithFaults(emulator.Faults{CloseAfterResponses: 1, CloseMode: emulator.CloseAbrupt}))
 		},
 		check: func(t *testing.T, emu *emulator.Emulator, reasons []string) {
@@ -82,7 +83,7 @@ var codexCases = []codexCase{
 		name:        "previous-response-not-found",
 		description: "The emulator fails the first continuation that carries a tool output with previous_response_not_found; the gateway retries it once as the full replay on a fresh connection.",
 		start: func(t *testing.T) *emulator.Emulator {
-			return emulator.StartTest(t, emulator.WithScript(failFirstContinuation(CodexScript())))
+			return emulator.StartTest(t, emulator.WithScript(failFirstContinuation(e2etest.CodexScript())))
 		},
 		check: func(t *testing.T, emu *emulator.Emulator, reasons []string) {
 			cs := emu.Creates()
@@ -149,20 +150,20 @@ func checkCodexUpstream(t *testing.T, emu *emulator.Emulator) {
 			continue // the scripted refusal: its context was valid
 		}
 		assert.Equal(t, emulator.OutcomeCompleted, c.Outcome, "create %d: %v", c.Seq, c.Error)
-		assert.NoError(t, Paired(c))
+		assert.NoError(t, e2etest.Paired(c))
 	}
 	last := cs[len(cs)-1]
 	assert.Equal(t, emulator.OutcomeCompleted, last.Outcome)
-	out, ok := toolOutput(last.Frame, CodexCallID)
+	out, ok := toolOutput(last.Frame, e2etest.CodexCallID)
 	if !ok {
 		// A chained last turn carries only the new items; the output is in an earlier one.
 		for i := len(cs) - 2; i >= 0 && !ok; i-- {
-			out, ok = toolOutput(cs[i].Frame, CodexCallID)
+			out, ok = toolOutput(cs[i].Frame, e2etest.CodexCallID)
 		}
 	}
 	require.True(t, ok, "the tool output reached the upstream")
-	assert.Contains(t, out, CodexEcho, "the shell command really ran")
-	assert.Equal(t, CodexCallID, lastCallBefore(last.Context), "the model's call is in the final context")
+	assert.Contains(t, out, e2etest.CodexEcho, "the shell command really ran")
+	assert.Equal(t, e2etest.CodexCallID, lastCallBefore(last.Context), "the model's call is in the final context")
 }
 
 // toolOutput returns the output text of the function_call_output for callID in a frame.
@@ -214,7 +215,7 @@ func upstreamOf(emu *emulator.Emulator) []upstreamCreate {
 	var out []upstreamCreate
 	for _, c := range emu.Creates() {
 		u := upstreamCreate{Seq: c.Seq, Conn: c.Conn, PreviousResponseID: c.PreviousResponseID, Generate: c.Generate,
-			Input: Summary(c.Frame), Outcome: c.Outcome, ResponseID: c.ResponseID}
+			Input: e2etest.Summary(c.Frame), Outcome: c.Outcome, ResponseID: c.ResponseID}
 		for i, s := range u.Input {
 			// Tool output texts carry wall times; keep the shape.
 			if strings.HasPrefix(s, "fco:") {

@@ -24,8 +24,9 @@
 //     replayed through the gateway against the emulator, with no Codex needed.
 //
 // The non-test files of this package are the shared helpers: building and starting the
-// binaries and reading their metrics (proc.go), a WebSocket client for the Responses API
-// (client.go), and checks of what the emulator received (upstream.go).
+// binaries and reading their metrics (proc.go) and a WebSocket client for the Responses API
+// (client.go). The scripted models and the checks of what the emulator received are
+// shared with the in-process suite of gateway/ and live in internal/e2etest.
 //
 // Under CI=true nothing skips: a missing redis-server or Codex fails the run. Elsewhere a
 // missing tool skips loudly.

@@ -29,6 +29,7 @@ import (
 	"github.com/coder/websocket"
 
 	"chainmend/emulator"
+	"chainmend/internal/e2etest"
 )
 
 // loadSessions is the number of concurrent conversations of the load phases: a few
@@ -385,7 +386,7 @@ func checkUpstream(t *testing.T, emu *emulator.Emulator, wantNoErrors bool) int 
 			continue
 		}
 		n++
-		if err := Paired(c); err != nil {
+		if err := e2etest.Paired(c); err != nil {
 			bad++
 			if bad <= 5 {
 				t.Errorf("unpaired context sent upstream: %v", err)

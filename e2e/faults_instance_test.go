@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
+	"chainmend/internal/e2etest"
 	"chainmend/internal/redistest"
 )
 
@@ -141,9 +142,9 @@ func TestResentTurnAlreadyCommitted(t *testing.T) {
 			b1 := Dial(t, b.WSURL(), header(session))
 			res := b1.Turn(string(resend))
 			up := emu.Creates()[n]
-			t.Logf("B fired %v and sent %v (prev %q): %s", b.FiredSince(t, before), Summary(up.Frame), up.PreviousResponseID, res.Last.Type)
+			t.Logf("B fired %v and sent %v (prev %q): %s", b.FiredSince(t, before), e2etest.Summary(up.Frame), up.PreviousResponseID, res.Last.Type)
 			if res.Last.Type == "response.completed" {
-				assert.NoError(t, Paired(up), "a repaired resend is validly paired")
+				assert.NoError(t, e2etest.Paired(up), "a repaired resend is validly paired")
 				return
 			}
 			require.Equal(t, "error", res.Last.Type)
@@ -154,7 +155,7 @@ func TestResentTurnAlreadyCommitted(t *testing.T) {
 			full := append(append([]json.RawMessage(nil), c.input...), fcoItem(calls[0]), userItem(text))
 			b2 := Dial(t, b.WSURL(), header(session))
 			b2.OK(string(createFrame("", full)))
-			assert.NoError(t, Paired(emu.Creates()[len(emu.Creates())-1]))
+			assert.NoError(t, e2etest.Paired(emu.Creates()[len(emu.Creates())-1]))
 		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
+	"chainmend/internal/e2etest"
 	"chainmend/internal/redistest"
 )
 
@@ -58,7 +59,7 @@ type pair struct {
 
 func runMultiInstance(t *testing.T, be backend) {
 	bin := Build(t, "./cmd/gateway")
-	emu := emulator.StartTest(t, emulator.WithScript(CmdScript()))
+	emu := emulator.StartTest(t, emulator.WithScript(e2etest.CmdScript()))
 	args := []string{"--upstream", emu.URL(), "--policies", policiesDir(t), "--redis", be.url, "--reload-poll", "1h"}
 	p := &pair{emu: emu, be: be, a: StartGateway(t, bin, "A", args...), b: StartGateway(t, bin, "B", args...)}
 	for _, g := range []*Gateway{p.a, p.b} {
@@ -206,9 +207,9 @@ func (p *pair) reconnectRun(t *testing.T, session string, second *Gateway, k rec
 	}
 	assert.Empty(t, up.PreviousResponseID, "a full replay on the fresh upstream connection")
 	assert.NotEqual(t, turn1.Conn, up.Conn, "a fresh upstream connection")
-	assert.Equal(t, k.upstream, Summary(up.Frame), "instance %s", second.Name)
+	assert.Equal(t, k.upstream, e2etest.Summary(up.Frame), "instance %s", second.Name)
 	assert.Equal(t, emulator.OutcomeCompleted, up.Outcome)
-	assert.NoError(t, Paired(up))
+	assert.NoError(t, e2etest.Paired(up))
 
 	// The session goes on through the second instance, chained on its upstream connection.
 	e3 := c2.OK(Chained(e2.Response.ID, User("next")))
@@ -216,7 +217,7 @@ func (p *pair) reconnectRun(t *testing.T, session string, second *Gateway, k rec
 	assert.Equal(t, e2.Response.ID, last.PreviousResponseID, "the chain is kept on the new instance")
 	assert.Equal(t, up.Conn, last.Conn)
 	assert.Equal(t, e3.Response.ID, last.ResponseID)
-	return reconnectOutcome{reasons: reasons, upstream: Summary(up.Frame), next: Summary(last.Frame)}
+	return reconnectOutcome{reasons: reasons, upstream: e2etest.Summary(up.Frame), next: e2etest.Summary(last.Frame)}
 }
 
 // invalidation: B caches the session's state, A overwrites and deletes it, and B's very
@@ -259,7 +260,7 @@ func (p *pair) invalidation(t *testing.T) {
 	assert.NotContains(t, reasons, "aborted_injected", "B used a deleted pending entry")
 	up := p.emu.Creates()[n]
 	assert.Empty(t, up.PreviousResponseID)
-	assert.Equal(t, []string{"msg:user", "rs", "fc:call_D1", "fco:call_D1=ok-d1", "msg:assistant", "msg:user"}, Summary(up.Frame),
+	assert.Equal(t, []string{"msg:user", "rs", "fc:call_D1", "fco:call_D1=ok-d1", "msg:assistant", "msg:user"}, e2etest.Summary(up.Frame),
 		"B replays the transcript as A extended it")
 	assert.Greater(t, received(), inval, "B dropped its copies on A's announcement")
 
@@ -283,7 +284,7 @@ func (p *pair) invalidation(t *testing.T) {
 	assert.NotContains(t, reasons, "anchor_reset", "B still held the anchor A cleared")
 	assert.NotContains(t, reasons, "pending_prev_infer")
 	up = p.emu.Creates()[n]
-	assert.Equal(t, []string{"msg:user"}, Summary(up.Frame))
+	assert.Equal(t, []string{"msg:user"}, e2etest.Summary(up.Frame))
 	assert.Empty(t, up.PreviousResponseID)
 }
 
@@ -317,8 +318,8 @@ func (p *pair) outage(t *testing.T) {
 	assert.Contains(t, p.a.FiredSince(t, before), "fresh_connection_replay")
 	up := p.emu.Creates()[len(p.emu.Creates())-1]
 	assert.Equal(t, []string{"msg:user", "rs", "fc:call_O1", "fco:call_O1=ok-o1", "msg:user", "rs", "fc:call_O2", "fco:call_O2=ok-o2"},
-		Summary(up.Frame), "the replay of the whole session, kept locally while Redis is down")
-	assert.NoError(t, Paired(up))
+		e2etest.Summary(up.Frame), "the replay of the whole session, kept locally while Redis is down")
+	assert.NoError(t, e2etest.Paired(up))
 
 	// B serves a new session on its own.
 	b1 := Dial(t, p.b.WSURL(), header(session+"-b"))
@@ -367,6 +368,6 @@ func (p *pair) outage(t *testing.T) {
 	assert.Contains(t, reasons, "aborted_injected")
 	assert.Contains(t, reasons, "fresh_connection_replay")
 	up = p.emu.Creates()[len(p.emu.Creates())-1]
-	assert.Equal(t, []string{"msg:user", "rs", "fc:call_R1", "fco:call_R1=aborted", "msg:user"}, Summary(up.Frame))
+	assert.Equal(t, []string{"msg:user", "rs", "fc:call_R1", "fco:call_R1=aborted", "msg:user"}, e2etest.Summary(up.Frame))
 	assert.Equal(t, errs, p.emu.Stats().Errors, "the upstream never had to refuse a turn")
 }

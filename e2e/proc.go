@@ -359,12 +359,14 @@ next:
 	return sum
 }
 
-// Fired returns chainmend_rule_fired_total summed by reason (shadow rules excluded).
+// Fired returns chainmend_rule_fired_total of the normalizer and the recovery summed by
+// reason (shadow rules and the post_response bookkeeping, which fires on every response,
+// excluded).
 func (g *Gateway) Fired(tb testing.TB) map[string]float64 {
 	tb.Helper()
 	out := map[string]float64{}
 	for _, s := range ParseMetrics(g.Metrics(tb)) {
-		if s.Name == "chainmend_rule_fired_total" && s.Labels["shadow"] != "true" {
+		if s.Name == "chainmend_rule_fired_total" && s.Labels["shadow"] != "true" && s.Labels["stage"] != "post_response" {
 			out[s.Labels["reason"]] += s.Value
 		}
 	}

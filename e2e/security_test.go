@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
+	"chainmend/internal/e2etest"
 	"chainmend/internal/redistest"
 )
 
@@ -207,7 +208,7 @@ func TestSecurityTenantCannotSteerChains(t *testing.T) {
 				}
 				for _, c := range emu.Creates()[n:] {
 					assert.NotContains(t, string(c.Frame), "secret-of-tenant-A", "A's context was sent for B")
-					assert.NotContains(t, strings.Join(Summary(c.Frame), " "), "fc:"+callA, "A's call was sent for B")
+					assert.NotContains(t, strings.Join(e2etest.Summary(c.Frame), " "), "fc:"+callA, "A's call was sent for B")
 				}
 				if res.Last.Type == "error" {
 					assert.NotEmpty(t, res.Last.Error.Code)
@@ -224,9 +225,9 @@ func TestSecurityTenantCannotSteerChains(t *testing.T) {
 	a2.OK(Chained(ra.Response.ID, FCO(callA, "from-A"), User("finish")))
 	assert.Contains(t, g2.FiredSince(t, before), "fresh_connection_replay")
 	up := emu.Creates()[n]
-	assert.Equal(t, []string{"msg:user", "rs", "fc:" + callA, "fco:" + callA + "=from-A", "msg:user"}, Summary(up.Frame))
+	assert.Equal(t, []string{"msg:user", "rs", "fc:" + callA, "fco:" + callA + "=from-A", "msg:user"}, e2etest.Summary(up.Frame))
 	assert.NotContains(t, string(up.Frame), "from-B")
-	assert.NoError(t, Paired(up))
+	assert.NoError(t, e2etest.Paired(up))
 }
 
 // withEnv returns a wrapper script that runs bin with extra environment variables

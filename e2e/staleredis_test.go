@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
+	"chainmend/internal/e2etest"
 	"chainmend/internal/redistest"
 )
 
@@ -26,7 +27,7 @@ func TestStaleRedisAfterBlip(t *testing.T) {
 	r := redistest.Start(t)
 	rc := r.Client()
 	bin := Build(t, "./cmd/gateway")
-	emu := emulator.StartTest(t, emulator.WithScript(CmdScript()))
+	emu := emulator.StartTest(t, emulator.WithScript(e2etest.CmdScript()))
 	args := []string{"--upstream", emu.URL(), "--policies", policiesDir(t), "--redis", r.URL(), "--reload-poll", "1h"}
 	a, b := StartGateway(t, bin, "A", args...), StartGateway(t, bin, "B", args...)
 	session := "stale-redis-after-blip"
@@ -66,9 +67,9 @@ func TestStaleRedisAfterBlip(t *testing.T) {
 	assert.Contains(t, reasons, "fresh_connection_replay")
 	require.Len(t, emu.Creates(), n+1, "repaired before sending: no upstream error, no retry")
 	up := emu.Creates()[n]
-	got := strings.Join(Summary(up.Frame), " ")
+	got := strings.Join(e2etest.Summary(up.Frame), " ")
 	assert.Equal(t, "msg:user rs fc:call_X fco:call_X=ok-x msg:user rs fc:call_Y fco:call_Y=ok-y", got,
 		"B replays the whole session as A knew it, the client's output last")
 	assert.Empty(t, up.PreviousResponseID)
-	assert.NoError(t, Paired(up))
+	assert.NoError(t, e2etest.Paired(up))
 }

@@ -27,10 +27,33 @@ const (
 	// ActReplay turns the request into a full create: input becomes the session's replay
 	// transcript followed by the request's own items, and previous_response_id is dropped.
 	ActReplay ActionKind = "replay"
-	// ActReject refuses the turn with an error frame; it ends the stage.
+	// ActReject refuses the turn with an error frame; it ends the stage. In
+	// on_upstream_error the client gets this error instead of the upstream's.
 	ActReject ActionKind = "reject"
-	// ActClearAnchor clears the session anchor (session.expected reads "" afterwards).
+	// ActClearAnchor clears the session anchor and its pending calls (session.anchor reads ""
+	// afterwards); the gateway forgets the anchor (Effects.Anchor is "").
 	ActClearAnchor ActionKind = "clear_anchor"
+	// ActSetAnchor makes its string argument the session anchor (Effects.Anchor); an empty
+	// value clears it like clear_anchor.
+	ActSetAnchor ActionKind = "set_anchor"
+	// ActRecordPending records the given call ids as the pending calls of response.id, each
+	// with the kind of its call item among the response's output items (Effects.PutPending).
+	// An empty list is recorded too: the response is known to leave nothing pending.
+	ActRecordPending ActionKind = "record_pending"
+	// ActDeletePending deletes the pending entries of the given response ids
+	// (Effects.DeletePending).
+	ActDeletePending ActionKind = "delete_pending"
+	// ActAppendTranscript appends this turn's input as sent and the response's output items
+	// to the replay transcript (Effects.Transcript).
+	ActAppendTranscript ActionKind = "append_transcript"
+	// ActResetTranscript replaces the replay transcript with this turn's input as sent and
+	// the response's output items.
+	ActResetTranscript ActionKind = "reset_transcript"
+	// ActClearTranscript empties the replay transcript.
+	ActClearTranscript ActionKind = "clear_transcript"
+	// ActSetUpstreamCached records what the upstream connection holds: its string argument,
+	// "" for nothing (Effects.UpstreamCached); upstream.cached reads it afterwards.
+	ActSetUpstreamCached ActionKind = "set_upstream_cached"
 	// ActRunStage evaluates the rules of another stage, then continues with this one.
 	ActRunStage ActionKind = "run_stage"
 	// ActClassify sets error.class for the rules that follow.
@@ -38,7 +61,8 @@ const (
 	// ActRetry sends the (possibly rewritten) request again on a fresh upstream connection;
 	// it ends the stage.
 	ActRetry ActionKind = "retry"
-	// ActForward forwards the upstream error to the client unchanged; it ends the stage.
+	// ActForward forwards the upstream error to the client unchanged (for a transport
+	// failure, an error built from error.*); it ends the stage.
 	ActForward ActionKind = "forward"
 )
 
@@ -77,19 +101,27 @@ func (s actionSpec) argNames() string {
 	return strings.Join(names, ", ")
 }
 
-var listOfStrings = cel.ListType(cel.StringType)
+// Where actions may appear: rules of these entry stages, and the sub-stages they enter.
+var (
+	requestStages = []string{StagePreSend, StageOnUpstreamError}
+	cacheStages   = []string{StageOnUpstreamError, StagePostResponse}
+)
 
+// actionSpecs is the closed set of actions. The actions that edit the request exist where
+// a request is still to be sent (pre_send, on_upstream_error); bookkeeping actions that need
+// a response exist in post_response only.
 var actionSpecs = map[ActionKind]actionSpec{
-	ActSetPrev:  {kind: ActSetPrev, args: map[string]*cel.Type{"value": cel.StringType}, required: []string{"value"}, single: "value"},
-	ActDropPrev: {kind: ActDropPrev},
+	ActSetPrev:  {kind: ActSetPrev, args: map[string]*cel.Type{"value": cel.StringType}, required: []string{"value"}, single: "value", stages: requestStages},
+	ActDropPrev: {kind: ActDropPrev, stages: requestStages},
 	ActInsertOutputs: {
 		kind:     ActInsertOutputs,
 		args:     map[string]*cel.Type{"calls": listOfStrings, "output": cel.StringType},
 		required: []string{"calls", "output"},
 		words:    map[string][]string{"placement": {PlaceAuto, PlaceAfterCall, PlaceBeforeNewItem}},
+		stages:   requestStages,
 	},
-	ActRemoveOutputs: {kind: ActRemoveOutputs, args: map[string]*cel.Type{"calls": listOfStrings}, required: []string{"calls"}, single: "calls"},
-	ActReplay:        {kind: ActReplay},
+	ActRemoveOutputs: {kind: ActRemoveOutputs, args: map[string]*cel.Type{"calls": listOfStrings}, required: []string{"calls"}, single: "calls", stages: requestStages},
+	ActReplay:        {kind: ActReplay, stages: requestStages},
 	ActReject: {
 		kind: ActReject,
 		args: map[string]*cel.Type{
@@ -97,14 +129,21 @@ var actionSpecs = map[ActionKind]actionSpec{
 			"type": cel.StringType, "param": cel.StringType,
 		},
 		required: []string{"code", "message"},
-		stages:   []string{StagePreSend},
+		stages:   requestStages,
 		terminal: true,
 	},
-	ActClearAnchor: {kind: ActClearAnchor},
-	ActRunStage:    {kind: ActRunStage, word: true},
-	ActClassify:    {kind: ActClassify, args: map[string]*cel.Type{"class": cel.StringType}, required: []string{"class"}, single: "class", stages: []string{StageOnUpstreamError}},
-	ActRetry:       {kind: ActRetry, stages: []string{StageOnUpstreamError}, terminal: true},
-	ActForward:     {kind: ActForward, stages: []string{StageOnUpstreamError}, terminal: true},
+	ActClearAnchor:       {kind: ActClearAnchor},
+	ActSetAnchor:         {kind: ActSetAnchor, args: map[string]*cel.Type{"value": cel.StringType}, required: []string{"value"}, single: "value"},
+	ActRecordPending:     {kind: ActRecordPending, args: map[string]*cel.Type{"calls": listOfStrings}, required: []string{"calls"}, single: "calls", stages: onlyResponse},
+	ActDeletePending:     {kind: ActDeletePending, args: map[string]*cel.Type{"responses": listOfStrings}, required: []string{"responses"}, single: "responses"},
+	ActAppendTranscript:  {kind: ActAppendTranscript, stages: onlyResponse},
+	ActResetTranscript:   {kind: ActResetTranscript, stages: onlyResponse},
+	ActClearTranscript:   {kind: ActClearTranscript},
+	ActSetUpstreamCached: {kind: ActSetUpstreamCached, args: map[string]*cel.Type{"value": cel.StringType}, required: []string{"value"}, single: "value", stages: cacheStages},
+	ActRunStage:          {kind: ActRunStage, word: true},
+	ActClassify:          {kind: ActClassify, args: map[string]*cel.Type{"class": cel.StringType}, required: []string{"class"}, single: "class", stages: onlyError},
+	ActRetry:             {kind: ActRetry, stages: onlyError, terminal: true},
+	ActForward:           {kind: ActForward, stages: onlyError, terminal: true},
 }
 
 func knownActions() string {

@@ -139,7 +139,7 @@ rules:
 	assert.Nil(t, snap)
 	// Parse errors (the unknown action) stop the set before type checking; fix-and-retry
 	// shows the CEL errors next.
-	require.Equal(t, []string{`a.yaml:10:9: unknown action "teleport" (known: classify, clear_anchor, drop_previous_response_id, forward, insert_outputs, reject, remove_outputs, replay, retry, run_stage, set_previous_response_id)`},
+	require.Equal(t, []string{`a.yaml:10:9: unknown action "teleport" (known: append_transcript, classify, clear_anchor, clear_transcript, delete_pending, drop_previous_response_id, forward, insert_outputs, record_pending, reject, remove_outputs, replay, reset_transcript, retry, run_stage, set_anchor, set_previous_response_id, set_upstream_cached)`},
 		lines(diags))
 
 	a = strings.Replace(a, "teleport", "clear_anchor", 1)
@@ -149,7 +149,7 @@ rules:
 		`a.yaml:5:19: when: undeclared reference to 'request.outptus' (did you mean 'request.outputs'?)`,
 		`a.yaml:13:24: when: found no matching overload for '_+_' applied to '(int, string)'`,
 		`a.yaml:15:35: set_previous_response_id.value must be string, but the expression is int`,
-		`b.yaml:4:12: unknown stage "pre_snd" (entry stages: pre_send, on_upstream_error; other stages must be entered with run_stage)`,
+		`b.yaml:4:12: unknown stage "pre_snd" (entry stages: pre_send, on_upstream_error, post_response; other stages must be entered with run_stage)`,
 	}, lines(diags))
 
 	t.Run("a duplicate rule is still type-checked", func(t *testing.T) {
@@ -200,7 +200,7 @@ func TestCompileRefuses(t *testing.T) {
     stage: pre_send
     when: error.message.contains("x")
 `,
-			want: `test.yaml:7:11: when: undeclared reference to 'error'`,
+			want: `test.yaml:7:11: when: undeclared reference to 'error' (error.* exists only in stage on_upstream_error)`,
 		},
 		{
 			name: "retry in a sub-stage entered only from pre_send",

@@ -29,7 +29,7 @@ func loadDefaults(t testing.TB, dir string, opts ...engine.CompileOption) *engin
 // previous_response_id.
 func escTurn(t testing.TB) *engine.Turn {
 	turn := newTurn(t, create("", fco("call_A", "ok"), msg("user", "<turn_aborted>interrupted</turn_aborted>")))
-	turn.Expected = "resp_1"
+	turn.Anchor = "resp_1"
 	turn.Cached = "resp_1"
 	turn.Pending = engine.Pending{Known: true, ResponseID: "resp_1", Calls: []engine.PendingCall{
 		{ID: "call_A", Kind: "function_call"}, {ID: "call_B", Kind: "function_call"}}}
@@ -120,7 +120,7 @@ type outcomeSummary struct {
 }
 
 func summarize(o *engine.Outcome, turn *engine.Turn) outcomeSummary {
-	s := outcomeSummary{Fired: o.Fired, Verdict: o.Verdict, Reject: o.Reject, ClearAnchor: o.ClearAnchor,
+	s := outcomeSummary{Fired: o.Fired, Verdict: o.Verdict, Reject: o.Reject, ClearAnchor: o.ClearsAnchor(),
 		Cost: o.Cost, Request: string(turn.Request.Bytes()), Replayed: turn.Replayed}
 	if o.Err != nil {
 		s.Err = o.Err.Error()
@@ -151,7 +151,7 @@ func TestConcurrentEvaluation(t *testing.T) {
 		}},
 		{engine.StageOnUpstreamError, func(t testing.TB) *engine.Turn {
 			turn := newTurn(t, create("resp_1", fco("call_a", "ok")))
-			turn.Expected = "resp_1"
+			turn.Anchor = "resp_1"
 			turn.Replay = engine.Replay{Available: true, LastResponseID: "resp_1", Items: nil}
 			turn.Error = &engine.UpstreamError{Status: 400, Code: "previous_response_not_found", Message: "Previous response with id 'resp_1' not found."}
 			return turn

@@ -8,7 +8,6 @@ import (
 	"cel.dev/cel-go/common/decls"
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
-	"cel.dev/cel-go/common/types/traits"
 	"cel.dev/cel-go/ext"
 )
 
@@ -18,9 +17,12 @@ const (
 	DefaultTurnCost       uint64 = 10_000_000
 )
 
-// newEnv builds the CEL environment of a stage. Error variables exist only where an upstream
-// error is recovered, so a pre_send rule that reads error.code fails to compile.
-func newEnv(withError bool) (*cel.Env, error) {
+var listOfStrings = cel.ListType(cel.StringType)
+
+// newEnv builds the CEL environment of the rules that run under the given entry stages: a
+// variable is declared only when it exists in every one of them, so a pre_send rule that
+// reads error.code fails to compile. With no stage every variable is declared.
+func newEnv(stages []string) (*cel.Env, error) {
 	opts := []cel.EnvOption{
 		ext.Strings(),
 		ext.Sets(),
@@ -35,58 +37,40 @@ func newEnv(withError bool) (*cel.Env, error) {
 		cel.Function("intersect",
 			cel.Overload("intersect_list_list", []*cel.Type{listOfStrings, listOfStrings}, listOfStrings,
 				cel.BinaryBinding(intersectImpl)), decls.DisableTypeGuards(true)),
+		cel.Function("starts_with",
+			cel.Overload("starts_with_list_list", []*cel.Type{listOfStrings, listOfStrings}, cel.BoolType,
+				cel.BinaryBinding(startsWithImpl)), decls.DisableTypeGuards(true)),
+		cel.Function("overlaps",
+			cel.Overload("overlaps_list_list", []*cel.Type{listOfStrings, listOfStrings}, cel.BoolType,
+				cel.BinaryBinding(overlapsImpl)), decls.DisableTypeGuards(true)),
 		cel.Function("is_response_id",
 			cel.Overload("is_response_id_string", []*cel.Type{cel.StringType}, cel.BoolType,
-				cel.UnaryBinding(func(v ref.Val) ref.Val {
-					return boolVal(strings.HasPrefix(string(v.(types.String)), "resp_"))
-				}))),
+				cel.UnaryBinding(isResponseIDImpl))),
 	}
-	for _, v := range variables {
-		if v.errorOnly && !withError {
-			continue
+	for i := range variables {
+		v := &variables[i]
+		declared := true
+		for _, st := range stages {
+			if !v.existsIn(st) {
+				declared = false
+				break
+			}
 		}
-		opts = append(opts, cel.Variable(v.name, v.typ))
+		if declared {
+			opts = append(opts, cel.Variable(v.name, v.typ))
+		}
 	}
 	return cel.NewEnv(opts...)
-}
-
-// withoutImpl returns the elements of a that are not in b, keeping a's order.
-func withoutImpl(a, b ref.Val) ref.Val {
-	return filterList(a, b, false)
-}
-
-// intersectImpl returns the elements of a that are in b, keeping a's order.
-func intersectImpl(a, b ref.Val) ref.Val {
-	return filterList(a, b, true)
-}
-
-func filterList(a, b ref.Val, keep bool) ref.Val {
-	la, ok1 := a.(traits.Lister)
-	lb, ok2 := b.(traits.Lister)
-	if !ok1 || !ok2 {
-		return types.NewErr("without/intersect need two lists")
-	}
-	n := int(la.Size().(types.Int))
-	var out []ref.Val
-	for i := 0; i < n; i++ {
-		e := la.Get(types.Int(i))
-		if lb.Contains(e) == types.Bool(keep) {
-			if out == nil {
-				out = make([]ref.Val, 0, n-i)
-			}
-			out = append(out, e)
-		}
-	}
-	if len(out) == 0 {
-		return emptyList
-	}
-	return types.NewRefValList(types.DefaultTypeAdapter, out)
 }
 
 // estimator gives the cost checker size hints for the context variables and costs for the
 // domain functions, so that a runaway expression is refused at load time.
 type estimator struct{}
 
+// keyChars bounds one item key: an item type, a separator and an id or a content hash.
+const keyChars = 2*hintIDChars + 1
+
+// EstimateSize implements checker.CostEstimator with the variables' size hints.
 func (estimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
 	name := strings.Join(n.Path(), ".")
 	v, ok := variableByName[name]
@@ -96,25 +80,44 @@ func (estimator) EstimateSize(n cost.AstNode) *cost.SizeEstimate {
 	s := cost.RangedSizeEstimate(0, v.size)
 	switch v.typ.Kind() {
 	case types.ListKind:
-		s = cost.ListSizeEstimate(s, cost.RangedSizeEstimate(0, hintIDChars))
+		elem := uint64(hintIDChars)
+		if strings.HasSuffix(v.name, "_keys") {
+			elem = keyChars
+		}
+		s = cost.ListSizeEstimate(s, cost.RangedSizeEstimate(0, elem))
 	case types.MapKind:
 		s = cost.MapSizeEstimate(s, cost.RangedSizeEstimate(0, hintIDChars), cost.RangedSizeEstimate(0, hintIDChars))
 	}
 	return &s
 }
 
-func (estimator) EstimateCallCost(function, _ string, target *cost.AstNode, args []cost.AstNode) *cost.CallEstimate {
+// EstimateCallCost implements checker.CostEstimator for the domain functions.
+func (estimator) EstimateCallCost(function, _ string, _ *cost.AstNode, args []cost.AstNode) *cost.CallEstimate {
+	var e estimator
 	switch function {
 	case "without", "intersect":
 		if len(args) != 2 {
 			return nil
 		}
-		var e estimator
 		sa := sizeOf(e, args[0])
 		sb := sizeOf(e, args[1])
 		work := sa.Multiply(sb).MultiplyByCostFactor(1)
 		res := cost.ListSizeEstimate(cost.RangedSizeEstimate(0, sa.Max), cost.RangedSizeEstimate(0, hintIDChars))
 		return cost.NewCallEstimate(work, &res)
+	case "starts_with":
+		if len(args) != 2 {
+			return nil
+		}
+		// At most one comparison per element of the shorter list.
+		sa, sp := sizeOf(e, args[0]), sizeOf(e, args[1])
+		return cost.NewCallEstimate(cost.RangedCostEstimate(1, 1+min(sa.Max, sp.Max)), nil)
+	case "overlaps":
+		if len(args) != 2 {
+			return nil
+		}
+		// One side is indexed, the other probed: linear in both.
+		sa, sb := sizeOf(e, args[0]), sizeOf(e, args[1])
+		return cost.NewCallEstimate(cost.RangedCostEstimate(1, 1+sa.Max+sb.Max), nil)
 	case "is_response_id":
 		return cost.NewCallEstimate(cost.FixedCostEstimate(1), nil)
 	case "string":
@@ -143,25 +146,43 @@ func sizeOf(e estimator, n cost.AstNode) cost.SizeEstimate {
 
 // CallCost implements cost.ActualCostEstimator for the domain functions at run time.
 func (estimator) CallCost(function, _ string, args []ref.Val, _ ref.Val) *uint64 {
+	var c uint64
 	switch function {
 	case "without", "intersect":
 		if len(args) != 2 {
 			return nil
 		}
-		c := uint64(listSize(args[0])*listSize(args[1])) + 1
-		return &c
+		c = uint64(listSize(args[0])*listSize(args[1])) + 1
+	case "starts_with":
+		if len(args) != 2 {
+			return nil
+		}
+		c = uint64(min(listSize(args[0]), listSize(args[1]))) + 1
+	case "overlaps":
+		if len(args) != 2 {
+			return nil
+		}
+		c = uint64(listSize(args[0])+listSize(args[1])) + 1
 	case "is_response_id":
-		c := uint64(1)
-		return &c
+		c = 1
+	default:
+		return nil
 	}
-	return nil
+	return &c
 }
 
-func listSize(v ref.Val) int {
-	if l, ok := v.(traits.Lister); ok {
-		if n, ok := l.Size().(types.Int); ok {
-			return int(n)
-		}
+// envCache builds one CEL environment per set of entry stages.
+type envCache map[string]*cel.Env
+
+func (c envCache) get(stages []string) (*cel.Env, error) {
+	key := strings.Join(stages, ",")
+	if env, ok := c[key]; ok {
+		return env, nil
 	}
-	return 0
+	env, err := newEnv(stages)
+	if err != nil {
+		return nil, err
+	}
+	c[key] = env
+	return env, nil
 }

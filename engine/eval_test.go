@@ -174,18 +174,18 @@ func TestShadow(t *testing.T) {
     then: stop
   - id: sees-prev
     stage: pre_send
-    when: request.previous_response_id == "resp_1" && session.expected == "resp_1"
+    when: request.previous_response_id == "resp_1" && session.anchor == "resp_1"
 `)
 		turn := newTurn(t, create("resp_1", msg("user", "hi")))
-		turn.Expected = "resp_1"
+		turn.Anchor = "resp_1"
 		before := string(turn.Request.Bytes())
 		out := snap.Evaluate(engine.StagePreSend, turn, engine.WithTrace())
 		assert.Equal(t, []string{"~shadow-drop", "sees-prev"}, firedRules(out))
 		assert.True(t, out.Fired[0].Shadow)
 		assert.Equal(t, before, string(turn.Request.Bytes()))
 		assert.False(t, turn.Request.Modified())
-		assert.False(t, out.ClearAnchor)
-		assert.Equal(t, "resp_1", turn.Expected)
+		assert.False(t, out.ClearsAnchor())
+		assert.Equal(t, "resp_1", turn.Anchor)
 		assert.Empty(t, step(t, out, "shadow-drop").Actions, "a shadow rule applies no action")
 	})
 	t.Run("shadow reject does not reject", func(t *testing.T) {
@@ -270,7 +270,7 @@ func TestActionGuards(t *testing.T) {
 				}
 			}
 			assert.Equal(t, tc.applied, applied)
-			assert.False(t, out.ClearAnchor)
+			assert.False(t, out.ClearsAnchor())
 			if tc.mode == engine.ModeStrict {
 				require.NotNil(t, out.Reject)
 				assert.Equal(t, &engine.Rejection{Status: 400, Type: "invalid_request_error", Code: "invariant_violation",
@@ -420,32 +420,32 @@ func TestTerminalActions(t *testing.T) {
 	}
 }
 
-// TestClearAnchor: after clear_anchor, later rules read session.expected as "" and no pending
+// TestClearAnchor: after clear_anchor, later rules read session.anchor as "" and no pending
 // calls, and the outcome tells the gateway to clear the anchor.
 func TestClearAnchor(t *testing.T) {
 	snap := compileRules(t, `
   - id: before
     stage: pre_send
-    when: session.expected == "resp_1" && size(pending.calls) == 1 && pending.kinds["call_p"] == "custom_tool_call"
+    when: session.anchor == "resp_1" && size(pending.calls) == 1 && pending.kinds["call_p"] == "custom_tool_call"
   - id: clear
     stage: pre_send
-    when: session.expected != ""
+    when: session.anchor != ""
     actions:
       - clear_anchor
   - id: sees-anchor
     stage: pre_send
-    when: session.expected != ""
+    when: session.anchor != ""
   - id: sees-cleared
     stage: pre_send
-    when: session.expected == "" && size(pending.calls) == 0 && size(pending.kinds) == 0
+    when: session.anchor == "" && size(pending.calls) == 0 && size(pending.kinds) == 0
 `)
 	turn := newTurn(t, create("", msg("user", "hi")))
-	turn.Expected = "resp_1"
+	turn.Anchor = "resp_1"
 	turn.Pending = engine.Pending{Known: true, ResponseID: "resp_1", Calls: []engine.PendingCall{{ID: "call_p", Kind: "custom_tool_call"}}}
 	out := snap.Evaluate(engine.StagePreSend, turn)
 	assert.Equal(t, []string{"before", "clear", "sees-cleared"}, firedRules(out))
-	assert.True(t, out.ClearAnchor)
-	assert.Empty(t, turn.Expected)
+	assert.True(t, out.ClearsAnchor())
+	assert.Empty(t, turn.Anchor)
 }
 
 // TestInsertOutputs covers placement and the output type that answers each call kind.

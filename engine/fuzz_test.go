@@ -67,7 +67,7 @@ func TestFuzzSeeds(t *testing.T) {
 
 // FuzzCompile feeds arbitrary bytes to the compiler as a policy file. It must never panic,
 // must refuse with at least one positioned error whenever it returns no snapshot, and a
-// snapshot it returns must evaluate both entry stages without panicking. A NUL byte splits
+// snapshot it returns must evaluate every entry stage without panicking. A NUL byte splits
 // the input into two files, to reach the cross-file checks (duplicate ids, sub-stages, limits).
 func FuzzCompile(f *testing.F) {
 	for _, data := range fuzzSeeds(f) {
@@ -101,15 +101,16 @@ func FuzzCompile(f *testing.F) {
 		if diags.HasErrors() {
 			t.Fatalf("a snapshot despite errors: %q", diags.Error())
 		}
-		for _, stage := range []string{engine.StagePreSend, engine.StageOnUpstreamError} {
+		for _, stage := range []string{engine.StagePreSend, engine.StageOnUpstreamError, engine.StagePostResponse} {
 			req, err := responses.Parse([]byte(create("resp_1", fc("call_a"), fco("call_b", "ok"), msg("user", "hi"))))
 			if err != nil {
 				t.Fatal(err)
 			}
 			turn := &engine.Turn{Request: req, Mode: engine.ModeStrict, Transport: engine.TransportWebSocket, Number: 2,
-				Expected: "resp_1", Pending: engine.Pending{Known: true, ResponseID: "resp_1", Calls: []engine.PendingCall{{ID: "call_b", Kind: "custom_tool_call"}}},
+				Anchor: "resp_1", Pending: engine.Pending{Known: true, ResponseID: "resp_1", Calls: []engine.PendingCall{{ID: "call_b", Kind: "custom_tool_call"}}},
 				Replay: engine.Replay{Available: true, LastResponseID: "resp_1", Items: nil},
-				Error:  &engine.UpstreamError{Status: 400, Code: "previous_response_not_found"}, Recovery: engine.Recovery{Enabled: true}}
+				Error:  &engine.UpstreamError{Status: 400, Code: "previous_response_not_found"}, Recovery: engine.Recovery{Enabled: true},
+				Response: &engine.Response{ID: "resp_2", Status: "completed", Items: req.Items()[:1]}}
 			out := snap.Evaluate(stage, turn, engine.WithDiffs())
 			if _, err := responses.Parse(turn.Request.Bytes()); err != nil {
 				t.Fatalf("stage %s left an unparsable request: %v\n%s", stage, err, turn.Request.Bytes())

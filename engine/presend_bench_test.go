@@ -57,7 +57,7 @@ func benchTurn(raw []byte) func(*responses.Request) *engine.Turn {
 	return func(req *responses.Request) *engine.Turn {
 		t := &engine.Turn{
 			Request: req, Mode: engine.ModeRepair, Transport: engine.TransportWebSocket, Number: 5,
-			Expected: "resp_0123456789abcdef", Cached: "resp_0123456789abcdef",
+			Anchor: "resp_0123456789abcdef", Cached: "resp_0123456789abcdef",
 			Pending: engine.Pending{Known: true, ResponseID: "resp_0123456789abcdef", Calls: []engine.PendingCall{
 				{ID: "call_0", Kind: "function_call"}, {ID: "call_1", Kind: "function_call"}, {ID: "call_2", Kind: "function_call"}}},
 			Replay: engine.Replay{Available: true, LastResponseID: "resp_0123456789abcdef"},

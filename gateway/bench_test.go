@@ -27,7 +27,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"chainmend/emulator"
-	"chainmend/engine"
 	"chainmend/responses"
 	"chainmend/statestore"
 )
@@ -54,7 +53,7 @@ func newBenchStack(b *testing.B, opts ...emulator.Option) *benchStack {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := srv.LoadPolicies(); err != nil {
+	if _, err := NewReloader(srv).Reload(); err != nil {
 		b.Fatal(err)
 	}
 	st := &benchStack{emu: emu, srv: srv, gw: httptest.NewServer(srv.Handler()), raw: httptest.NewServer(rawProxy(emu.WebSocketURL()))}
@@ -301,7 +300,7 @@ func BenchmarkBuildTurn(b *testing.B) {
 	hdr := http.Header{}
 	hdr.Set("Authorization", "Bearer sk-bench")
 	hdr.Set("Session-Id", "bench-build")
-	scope := statestore.Scope{Tenant: statestore.TenantOf("Bearer sk-bench"), Session: "bench-build"}
+	scope := statestore.Scope{Tenant: TenantOf("Bearer sk-bench"), Session: "bench-build"}
 	items := make([]statestore.ReplayItem, 40)
 	for i := range items {
 		items[i] = statestore.ReplayItem{Raw: []byte(`{"type":"message","role":"user","content":"x"}`), Type: "message"}
@@ -319,9 +318,10 @@ func BenchmarkBuildTurn(b *testing.B) {
 	}
 	b.Run("build_turn", func(b *testing.B) {
 		b.ReportAllocs()
+		snap := srv.Snapshot()
+		tr := &httpConn{srv: srv}
 		for b.Loop() {
-			var mem memory
-			tc := srv.buildTurn(ctx, req, engine.TransportWebSocket, hdr, "c1", &mem, "")
+			tc := srv.newTurn(ctx, tr, &laneState{}, req, srv.scopeOf(hdr, req, "c1"), snap)
 			if !tc.t.Pending.Known {
 				b.Fatal("pending not found")
 			}

@@ -53,10 +53,11 @@ type Config struct {
 	MaxQueuedFrames int `yaml:"max_queued_frames"`
 	// ShutdownGrace is how long in-flight turns may run on after SIGTERM.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
-	// ReloadGate is a fixture directory a reloaded policy set must pass; empty: none.
-	ReloadGate string `yaml:"reload_gate"`
 	// ReloadPoll is the period of the policy directory's checksum poll.
 	ReloadPoll time.Duration `yaml:"reload_poll"`
+	// SessionHeaders name a client's session, read in order; without any of them the
+	// request's prompt_cache_key names it, else the connection.
+	SessionHeaders []string `yaml:"session_headers"`
 }
 
 // DefaultConfig returns the defaults.
@@ -79,6 +80,7 @@ func DefaultConfig() Config {
 		ReplayCapBytes:    4 << 20,
 		StoreTimeout:      50 * time.Millisecond,
 		ReloadPoll:        5 * time.Second,
+		SessionHeaders:    DefaultSessionHeaders,
 
 		MaxConnections:       10000,
 		MaxTenantConnections: 512,

@@ -18,11 +18,12 @@ import (
 
 	"chainmend/emulator"
 	"chainmend/gateway"
+	"chainmend/internal/e2etest"
 )
 
 func TestE2EBadFrames(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-bad")
 	e1 := c.ok(create(nil, user("hello")))
 
@@ -74,7 +75,7 @@ func TestE2EBadFrames(t *testing.T) {
 
 func TestE2EFrameTooLarge(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript(), withConfig(func(c *gateway.Config) { c.MaxFrameBytes = 32 << 10 }))
+	s := newStack(t, e2etest.CmdScript(), withConfig(func(c *gateway.Config) { c.MaxFrameBytes = 32 << 10 }))
 	other := s.dial("sess-big-other")
 	other.ok(create(nil, user("before")))
 
@@ -96,7 +97,7 @@ func TestE2EFrameTooLarge(t *testing.T) {
 
 func TestE2EUpstreamStalls(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript(), withConfig(func(c *gateway.Config) { c.FirstEventTimeout = 500 * time.Millisecond }))
+	s := newStack(t, e2etest.CmdScript(), withConfig(func(c *gateway.Config) { c.FirstEventTimeout = 500 * time.Millisecond }))
 	c := s.dial("sess-stall")
 	e1 := c.ok(create(nil, user("one")))
 	s.emu.SetCreateFault(2, emulator.CreateFault{Stall: true})
@@ -137,7 +138,7 @@ func TestE2EUpstreamStalls(t *testing.T) {
 
 func TestE2EUpstreamClosesMidTurn(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-midturn")
 	e1 := c.ok(create(nil, user("one")))
 	s.emu.SetCreateFault(2, emulator.CreateFault{DropAfterEvents: 2})
@@ -155,7 +156,7 @@ func TestE2EUpstreamClosesMidTurn(t *testing.T) {
 
 func TestE2EUpstreamUnreachable(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-unreachable")
 	e1 := c.ok(create(nil, user("one")))
 	s.emu.Close()
@@ -171,7 +172,7 @@ func TestE2EUpstreamUnreachable(t *testing.T) {
 
 func TestE2EUpstreamGoesQuietMidTurn(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript(), withConfig(func(c *gateway.Config) { c.IdleTimeout = 300 * time.Millisecond }))
+	s := newStack(t, e2etest.CmdScript(), withConfig(func(c *gateway.Config) { c.IdleTimeout = 300 * time.Millisecond }))
 	c := s.dial("sess-quiet")
 	e1 := c.ok(create(nil, user("one")))
 	s.emu.SetCreateFault(2, emulator.CreateFault{EventInterval: 2 * time.Second})
@@ -192,7 +193,7 @@ func TestE2EUpstreamGoesQuietMidTurn(t *testing.T) {
 
 func TestE2EClientGoneMidTurn(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-gone")
 	e1 := c.ok(create(nil, user("one")))
 	// A long answer: the gateway must not wait for it once the client is gone.

@@ -26,12 +26,14 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
 	"chainmend/engine"
 	"chainmend/gateway"
+	"chainmend/internal/e2etest"
 	"chainmend/statestore"
 )
 
@@ -183,7 +185,7 @@ func newStack(t *testing.T, script emulator.Script, opts ...stackOpt) *stack {
 	store := &testStore{Store: inner}
 	srv, err := gateway.New(o.cfg, gateway.WithStore(store), gateway.WithLogger(logger), gateway.WithRegistry(reg))
 	require.NoError(t, err)
-	_, err = srv.LoadPolicies()
+	_, err = gateway.NewReloader(srv).Reload()
 	require.NoError(t, err)
 	hs := httptest.NewServer(srv.Handler())
 	s := &stack{
@@ -214,10 +216,23 @@ func (s *stack) with(t *testing.T) *stack {
 	return &c
 }
 
-// fired sums chainmend_rule_fired_total by reason.
+// fired sums chainmend_rule_fired_total of the normalizer and the recovery by reason; the
+// post_response bookkeeping fires on every response and is asserted on its own (booked).
 func (s *stack) fired() map[string]float64 {
 	s.t.Helper()
-	return sumBy(s.t, s.reg, "chainmend_rule_fired_total", "reason")
+	all := sumBy(s.t, s.reg, "chainmend_rule_fired_total", "reason")
+	for r, v := range s.booked() {
+		if all[r] -= v; all[r] == 0 {
+			delete(all, r)
+		}
+	}
+	return all
+}
+
+// booked sums the post_response rules that fired, by reason.
+func (s *stack) booked() map[string]float64 {
+	s.t.Helper()
+	return sumBy(s.t, s.reg, "chainmend_rule_fired_total", "reason", "stage", engine.StagePostResponse)
 }
 
 // counter sums a counter family over the series whose labels match.
@@ -257,7 +272,9 @@ func (s *stack) counterReaches(name string, labels map[string]string, want float
 	assert.Equal(s.t, want, s.counter(name, labels), "%s%v", name, labels)
 }
 
-func sumBy(t *testing.T, reg *prometheus.Registry, name, label string) map[string]float64 {
+// sumBy sums a counter family by one label, over the series that carry every label pair of
+// where.
+func sumBy(t *testing.T, reg *prometheus.Registry, name, label string, where ...string) map[string]float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	require.NoError(t, err)
@@ -266,7 +283,13 @@ func sumBy(t *testing.T, reg *prometheus.Registry, name, label string) map[strin
 		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(where); i += 2 {
+				if !hasLabel(m, where[i], where[i+1]) {
+					continue series
+				}
+			}
 			for _, lp := range m.GetLabel() {
 				if lp.GetName() == label {
 					out[lp.GetValue()] += m.GetCounter().GetValue()
@@ -275,6 +298,15 @@ func sumBy(t *testing.T, reg *prometheus.Registry, name, label string) map[strin
 		}
 	}
 	return out
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, lp := range m.GetLabel() {
+		if lp.GetName() == name && lp.GetValue() == value {
+			return true
+		}
+	}
+	return false
 }
 
 // firedSince lists the reasons that fired since before, sorted.
@@ -324,39 +356,13 @@ func frameOf(t *testing.T, frame []byte) map[string]any {
 	return m
 }
 
-// summary renders the input items of a frame compactly: "msg:user", "rs", "fc:call_A",
-// "fco:call_A=aborted", "ctc:call_C", "ctco:call_C=…".
+// summary renders the input items of a frame compactly (e2etest.Summary: "msg:user",
+// "rs", "fc:call_A", "fco:call_A=aborted", …); a frame that is not JSON fails the test here
+// rather than as a puzzling difference in a list.
 func summary(t *testing.T, frame []byte) []string {
 	t.Helper()
-	m := frameOf(t, frame)
-	items, _ := m["input"].([]any)
-	out := make([]string, 0, len(items))
-	for _, raw := range items {
-		it, _ := raw.(map[string]any)
-		callID, _ := it["call_id"].(string)
-		switch typ, _ := it["type"].(string); typ {
-		case "message":
-			role, _ := it["role"].(string)
-			out = append(out, "msg:"+role)
-		case "reasoning":
-			out = append(out, "rs")
-		case "function_call":
-			out = append(out, "fc:"+callID)
-		case "custom_tool_call":
-			out = append(out, "ctc:"+callID)
-		case "local_shell_call":
-			out = append(out, "lsc:"+callID)
-		case "function_call_output":
-			o, _ := it["output"].(string)
-			out = append(out, "fco:"+callID+"="+o)
-		case "custom_tool_call_output":
-			o, _ := it["output"].(string)
-			out = append(out, "ctco:"+callID+"="+o)
-		default:
-			out = append(out, typ)
-		}
-	}
-	return out
+	frameOf(t, frame)
+	return e2etest.Summary(frame)
 }
 
 // sameJSON asserts two JSON documents are equal as values (key order and whitespace aside).

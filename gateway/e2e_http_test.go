@@ -7,16 +7,19 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
+	"chainmend/gateway"
+	"chainmend/internal/e2etest"
 )
 
 func TestE2EHTTPStreamsEvents(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	resp, body := s.post(create(nil, user("hello")), "sess-http-stream")
 	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
 	assert.Contains(t, resp.Header.Get("Content-Type"), "text/event-stream")
@@ -58,7 +61,7 @@ func countOf(list []string, s string) int {
 
 func TestE2EHTTPRepairsInPlace(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 
 	t.Run("unanswered call", func(t *testing.T) {
 		s := s.with(t)
@@ -84,7 +87,7 @@ func TestE2EHTTPRepairsInPlace(t *testing.T) {
 
 func TestE2EHTTPUpstreamErrorPassthrough(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 
 	t.Run("4xx", func(t *testing.T) {
 		s := s.with(t)
@@ -161,7 +164,7 @@ func TestE2ECodexCaptureHTTP(t *testing.T) {
 
 func TestE2EHTTPChainedTurnReplayed(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	resp, body := s.post(create(nil, user("call call_HC1")), "sess-http-chain")
 	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
 	events := parseSSE(t, body)
@@ -192,4 +195,35 @@ func countOfEvents(events []sseEvent, name string) int {
 		}
 	}
 	return n
+}
+
+// TestE2EHTTPTimeouts: the HTTP path goes through the same driver as the WebSocket one, so a
+// stalled or quiet upstream ends the request at the configured timeouts with the same
+// answer (issue 11 item 5): 504 upstream_timeout before the stream, an error event after.
+func TestE2EHTTPTimeouts(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, e2etest.CmdScript(), withConfig(func(c *gateway.Config) {
+		c.FirstEventTimeout = 300 * time.Millisecond
+		c.IdleTimeout = 300 * time.Millisecond
+	}))
+
+	t.Run("stalled before the first event", func(t *testing.T) {
+		s.emu.SetCreateFault(len(s.creates())+1, emulator.CreateFault{Stall: true})
+		start := time.Now()
+		resp, body := s.post(create(nil, user("hi")), "sess-http-stall")
+		require.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, "%s", body)
+		assert.Contains(t, string(body), `"upstream_timeout"`)
+		assert.Less(t, time.Since(start), 5*time.Second, "bounded by the configured timeout")
+	})
+
+	t.Run("quiet mid-stream", func(t *testing.T) {
+		s.emu.SetCreateFault(len(s.creates())+1, emulator.CreateFault{EventInterval: 2 * time.Second})
+		resp, body := s.post(create(nil, user("hi")), "sess-http-quiet")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		events := parseSSE(t, body)
+		require.NotEmpty(t, events)
+		last := events[len(events)-1]
+		assert.Equal(t, "error", last.name)
+		assert.Contains(t, string(last.data), `"upstream_timeout"`)
+	})
 }

@@ -14,6 +14,7 @@ import (
 
 	"chainmend/emulator"
 	"chainmend/gateway"
+	"chainmend/internal/e2etest"
 )
 
 func noToolOutput(callID string) *emulator.APIError {
@@ -40,7 +41,7 @@ func recovered(t *testing.T, s *stack, r turnResult, failed int) emulator.Create
 
 func TestE2ERecoverPreviousResponseNotFound(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-rec-prnf")
 	resp1 := startCalls(t, c, "call_P1")
 	s.emu.FailCreate(2, emulator.ErrPreviousResponseNotFound(resp1))
@@ -63,7 +64,7 @@ func TestE2ERecoverPreviousResponseNotFound(t *testing.T) {
 
 func TestE2ERecoverToolOutputNotFound(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-rec-tonf")
 	resp1 := startCalls(t, c, "call_T1")
 	s.emu.FailCreate(2, noToolOutput("call_T1"))
@@ -78,7 +79,7 @@ func TestE2ERecoverToolOutputNotFound(t *testing.T) {
 
 func TestE2ERecoverStoredChain(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 
 	t.Run("stale previous_response_id aligned to the anchor", func(t *testing.T) {
 		s := s.with(t)
@@ -118,7 +119,7 @@ func TestE2ETransportRetry(t *testing.T) {
 
 	t.Run("connection limit reached", func(t *testing.T) {
 		t.Parallel()
-		s := newStack(t, cmdScript())
+		s := newStack(t, e2etest.CmdScript())
 		c := s.dial("sess-rec-limit")
 		resp1 := startCalls(t, c, "call_C1")
 		s.emu.FailCreate(2, emulator.ErrConnectionLimit())
@@ -132,7 +133,7 @@ func TestE2ETransportRetry(t *testing.T) {
 
 	t.Run("connection dropped before the first event", func(t *testing.T) {
 		t.Parallel()
-		s := newStack(t, cmdScript())
+		s := newStack(t, e2etest.CmdScript())
 		c := s.dial("sess-rec-drop")
 		e1 := c.ok(create(nil, user("one")))
 		s.emu.SetCreateFault(2, emulator.CreateFault{Delay: 3 * clientTimeout})
@@ -153,7 +154,7 @@ func TestE2ETransportRetry(t *testing.T) {
 
 func TestE2ENonRecoverableErrorForwarded(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-rec-500")
 	e1 := c.ok(create(nil, user("one")))
 	s.emu.FailCreate(2, emulator.ErrServer())
@@ -177,7 +178,7 @@ func TestE2ENonRecoverableErrorForwarded(t *testing.T) {
 
 func TestE2ERecoveryAtMostOncePerTurn(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-rec-once")
 	resp1 := startCalls(t, c, "call_R1")
 	s.emu.FailCreate(2, emulator.ErrPreviousResponseNotFound(resp1))
@@ -205,7 +206,7 @@ func TestE2ERecoveryAtMostOncePerTurn(t *testing.T) {
 
 func TestE2ERecoveryDisabled(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript(), withConfig(func(c *gateway.Config) { c.Recovery = false }))
+	s := newStack(t, e2etest.CmdScript(), withConfig(func(c *gateway.Config) { c.Recovery = false }))
 	c := s.dial("sess-rec-off")
 	resp1 := startCalls(t, c, "call_D1")
 	s.emu.FailCreate(2, emulator.ErrPreviousResponseNotFound(resp1))

@@ -1,22 +1,24 @@
 package gateway_test
 
-// Regressions of bugs found end to end in the engine and the policies (fixed: engine
-// editsHistory ignores id-less repeats; row 9 leaves store:true outputs to the stored chain,
+// Regressions of bugs found end to end in the engine and the policies (fixed: row 2's edit
+// test ignores id-less repeats; row 9 leaves store:true outputs to the stored chain,
 // which the recovery stage sets). Each names what the client would lose.
 
 import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"chainmend/internal/e2etest"
 )
 
 // A client without item ids that sends the same message twice in a row ("continue") is
-// taken for an edited history (engine editsHistory: content-hash keys collide), its
+// taken for an edited history (row 2: content-hash keys collide), its
 // previous_response_id is dropped and the upstream gets a full create of one message: the
 // whole conversation is lost without an error.
 func TestE2ERegressionRepeatedMessageKeepsChain(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-bug-repeat")
 	e1 := c.ok(create(nil, user("hello")))
 	e2 := c.ok(chained(e1.Response.ID, user("continue")))
@@ -33,7 +35,7 @@ func TestE2ERegressionRepeatedMessageKeepsChain(t *testing.T) {
 // known.
 func TestE2ERegressionStoredOutputsWithoutPrevReachModel(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-bug-stored")
 	e1 := c.ok(create(obj{"store": true}, user("call call_KB1")))
 	before := s.fired()

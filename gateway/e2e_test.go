@@ -6,7 +6,6 @@ package gateway_test
 // the conversation test in e2e_conversation_test.go.
 
 import (
-	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -18,35 +17,8 @@ import (
 	"chainmend/emulator"
 	"chainmend/engine"
 	"chainmend/gateway"
+	"chainmend/internal/e2etest"
 )
-
-// cmdScript answers a create whose last new item is the user message "call X Y…" with a
-// reasoning item and the function calls X, Y…; anything else with the text "done". It
-// depends only on the request, so retries and replays get the same answer.
-func cmdScript() emulator.Script {
-	return emulator.ScriptFunc(func(r *emulator.Request) emulator.Turn {
-		raws, _ := r.InputRaw()
-		if len(raws) > 0 {
-			var it struct {
-				Type    string `json:"type"`
-				Content []struct {
-					Text string `json:"text"`
-				} `json:"content"`
-			}
-			_ = json.Unmarshal(raws[len(raws)-1], &it)
-			if it.Type == "message" && len(it.Content) > 0 {
-				if ids, ok := strings.CutPrefix(it.Content[0].Text, "call "); ok {
-					var calls []emulator.Output
-					for _, id := range strings.Fields(ids) {
-						calls = append(calls, emulator.FunctionCallID(id, "exec", `{"cmd":"true"}`))
-					}
-					return emulator.CallTurn(calls...)
-				}
-			}
-		}
-		return emulator.TextTurn("done")
-	})
-}
 
 // startCalls runs a first full create that makes the model call ids, and returns the
 // response id.
@@ -61,7 +33,7 @@ func startCalls(t *testing.T, c *wsClient, ids ...string) string {
 
 func TestE2EEscInjectsAbortedForUnansweredCalls(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-esc")
 	resp1 := startCalls(t, c, "call_A", "call_B", "call_C")
 
@@ -89,7 +61,7 @@ func TestE2EEscInjectsAbortedForUnansweredCalls(t *testing.T) {
 
 func TestE2EPendingPrevInferredAndAligned(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 
 	t.Run("outputs without previous_response_id", func(t *testing.T) {
 		s := s.with(t)
@@ -133,7 +105,7 @@ func TestE2EPendingPrevInferredAndAligned(t *testing.T) {
 
 func TestE2EOutputsPrevInferredAndAlignedPendingUnknown(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 
 	t.Run("infer", func(t *testing.T) {
 		s := s.with(t)
@@ -168,7 +140,7 @@ func TestE2EOutputsPrevInferredAndAlignedPendingUnknown(t *testing.T) {
 
 func TestE2EOrphanOutputsRemoved(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 
 	t.Run("chained, next to a real output", func(t *testing.T) {
 		s := s.with(t)
@@ -212,7 +184,7 @@ func TestE2EOrphanOutputsRemoved(t *testing.T) {
 
 func TestE2EAbortedInjectedInline(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-inline")
 	before := s.fired()
 	c.ok(create(nil, user("run it"), fcall("call_X1", "exec", `{}`), user("<turn_aborted>stop</turn_aborted>")))
@@ -225,7 +197,7 @@ func TestE2EAbortedInjectedInline(t *testing.T) {
 
 func TestE2EProactiveToolOutputReject(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-proactive")
 	before := s.fired()
 	e := c.fails(create(nil, fco("call_lost", "ok")))
@@ -242,7 +214,7 @@ func TestE2EProactiveToolOutputReject(t *testing.T) {
 
 func TestE2EInputEditedAndAnchorReset(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-edit")
 	e1 := c.ok(create(nil, user("first question")))
 
@@ -270,7 +242,7 @@ func TestE2EInputEditedAndAnchorReset(t *testing.T) {
 
 func TestE2EKeepDropInvariant(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 
 	t.Run("strict_incremental_ok", func(t *testing.T) {
 		s := s.with(t)
@@ -350,7 +322,7 @@ func TestE2EKeepDropInvariant(t *testing.T) {
 
 func TestE2EFreshConnectionReplay(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript(), withEmulator(emulator.WithFaults(emulator.Faults{CloseAfterCompleted: true})))
+	s := newStack(t, e2etest.CmdScript(), withEmulator(emulator.WithFaults(emulator.Faults{CloseAfterCompleted: true})))
 	c := s.dial("sess-fresh")
 	resp1 := startCalls(t, c, "call_F1", "call_F2")
 	s.waitUpstreamClosed(1)
@@ -427,7 +399,7 @@ func TestE2EStrictRejectsWhatRepairRepairs(t *testing.T) {
 	for _, mode := range []string{engine.ModeRepair, engine.ModeStrict} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			s := newStack(t, cmdScript(), withMode(mode))
+			s := newStack(t, e2etest.CmdScript(), withMode(mode))
 			for i, k := range cases {
 				t.Run(k.name, func(t *testing.T) {
 					s := s.with(t)
@@ -539,7 +511,7 @@ func TestE2ECodexCaptureAfterClose(t *testing.T) {
 
 func TestE2EProcessedAckAndQueuedCreates(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	c := s.dial("sess-ack")
 	e1 := c.ok(create(nil, user("one")))
 	c.send(`{"type":"response.processed","response_id":"` + e1.Response.ID + `"}`)
@@ -575,7 +547,7 @@ func TestE2EProcessedAckAndQueuedCreates(t *testing.T) {
 
 func TestE2ETenantsNeverShareChains(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript())
+	s := newStack(t, e2etest.CmdScript())
 	a := s.dial("sess-shared-id")
 	startCalls(t, a, "call_TA")
 
@@ -591,7 +563,7 @@ func TestE2ETenantsNeverShareChains(t *testing.T) {
 
 func TestE2EUpstreamRotatedBeforeItsCap(t *testing.T) {
 	t.Parallel()
-	s := newStack(t, cmdScript(),
+	s := newStack(t, e2etest.CmdScript(),
 		withEmulator(emulator.WithConnectionLimit(2*time.Second)),
 		withConfig(func(c *gateway.Config) { c.UpstreamMaxAge = 150 * time.Millisecond }))
 	c := s.dial("sess-rotate")

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"chainmend/engine"
@@ -19,11 +20,10 @@ import (
 // maxErrorBody bounds an upstream error body read before it is relayed.
 const maxErrorBody = 1 << 20
 
-// serveHTTP is POST /v1/responses: the same pre_send policies (there is no connection cache
-// over HTTP, so the chain rules do not apply and full inputs are repaired in place), the
-// response streamed back event by event, and the same bookkeeping.
+// serveHTTP is POST /v1/responses: one turn on a lane of its own, through the same driver as
+// the WebSocket's turns (there is no connection cache over HTTP), the response streamed back
+// event by event.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	ctx := r.Context()
 	body, err := readBody(http.MaxBytesReader(w, r.Body, s.cfg.MaxFrameBytes), r.ContentLength, s.cfg.MaxFrameBytes)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -42,19 +42,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		httpError(w, responses.ErrorBody{Status: http.StatusBadRequest, Code: "invalid_json", Message: "malformed JSON body: " + err.Error()})
 		return
 	}
-	if s.snap.Load() == nil {
-		httpError(w, responses.ErrorBody{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "policies_not_loaded", Message: "the gateway has no active policy set yet"})
-		return
-	}
-	hdr := forwardHeaders(r.Header)
-	var mem memory
-	tc := s.buildTurn(ctx, req, engine.TransportHTTP, hdr, "http-"+strconv.FormatUint(s.connSeq.Add(1), 36), &mem, "")
-	outcome := s.httpTurn(ctx, w, tc, hdr, &mem)
-	s.metrics.turns.WithLabelValues(engine.TransportHTTP, outcome).Inc()
-	elapsed := time.Since(tc.start)
-	s.metrics.turnSeconds.WithLabelValues(engine.TransportHTTP).Observe(elapsed.Seconds())
-	s.log.Info("turn", "transport", "http", "session", tc.scope.Session, "turn", tc.t.Number,
-		"reasons", strings.Join(tc.reasons, ","), "outcome", outcome, "ms", float64(elapsed.Microseconds())/1000, "set", tc.snap.Hash)
+	hc := &httpConn{srv: s, w: w, hdr: forwardHeaders(r.Header)}
+	hc.flusher, _ = w.(http.Flusher)
+	s.drive(r.Context(), hc, &laneState{}, req, "http-"+strconv.FormatUint(s.connSeq.Add(1), 36), hc.hdr)
 }
 
 func httpError(w http.ResponseWriter, e responses.ErrorBody) {
@@ -66,193 +56,196 @@ func httpError(w http.ResponseWriter, e responses.ErrorBody) {
 	_, _ = w.Write(responses.ErrorJSON(e))
 }
 
-func (s *Server) httpTurn(ctx context.Context, w http.ResponseWriter, tc *turnCtx, hdr http.Header, mem *memory) string {
-	out := tc.snap.Evaluate(engine.StagePreSend, tc.t)
-	tc.note(out)
-	s.logFired(out, tc.scope.Session)
-	if out.ClearAnchor {
-		s.clearAnchor(ctx, tc, mem)
-	}
-	if out.Verdict == engine.VerdictReject {
-		httpError(w, rejection(out.Reject))
-		return "rejected"
-	}
-	sent := tc.t.Request
-	attempted := false
-	for {
-		resp, err := s.postUpstream(ctx, sent.Bytes(), hdr)
-		var ue *engine.UpstreamError
-		var errBody []byte
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return "client_gone"
-			}
-			ue = &engine.UpstreamError{Status: http.StatusBadGateway, Type: "server_error", Code: "upstream_unavailable", Message: err.Error(), Transport: true}
-		case resp.StatusCode >= 400:
-			errBody, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-			resp.Body.Close()
-			eb, ok := responses.ParseErrorBody(errBody, resp.StatusCode)
-			if !ok {
-				eb = responses.ErrorBody{Status: resp.StatusCode, Message: strings.TrimSpace(string(errBody))}
-			}
-			ue = upstreamErrorOf(eb)
-		default:
-			return s.streamBack(ctx, w, resp, tc, sent, mem, attempted)
-		}
-		rt := tc.recoveryTurn(sent, ue, attempted)
-		rout := tc.snap.Evaluate(engine.StageOnUpstreamError, rt)
-		tc.note(rout)
-		s.logFired(rout, tc.scope.Session)
-		reason := lastReason(reasonsOf(rout))
-		if rout.ClearAnchor {
-			s.clearAnchor(ctx, tc, mem)
-		}
-		switch rout.Verdict {
-		case engine.VerdictRetry:
-			s.metrics.recoveries.WithLabelValues(reason, "retried").Inc()
-			attempted = true
-			sent, tc.t = rt.Request, rt
-			continue
-		case engine.VerdictReject:
-			httpError(w, rejection(rout.Reject))
-			return "rejected"
-		}
-		if attempted {
-			s.metrics.recoveries.WithLabelValues(reason, "failed").Inc()
-		} else {
-			s.metrics.recoveries.WithLabelValues(reason, "forwarded").Inc()
-		}
-		if errBody != nil {
-			// The upstream's own status and body, byte for byte.
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(ue.Status)
-			_, _ = w.Write(errBody)
-		} else {
-			httpError(w, responses.ErrorBody{Status: ue.Status, Type: ue.Type, Code: ue.Code, Message: "the upstream is unreachable: " + ue.Message})
-		}
-		return "error_forwarded"
-	}
+// httpConn is the HTTP side of the turn driver: one POST and its response. The status line
+// and headers go out with the first byte of the answer, so a failure before it can still be
+// answered with a status of its own.
+type httpConn struct {
+	srv     *Server
+	w       http.ResponseWriter
+	flusher http.Flusher
+	hdr     http.Header
+	// resp is the upstream response being relayed; its status and headers lead the answer.
+	resp  *http.Response
+	wrote bool
 }
 
-func (s *Server) postUpstream(ctx context.Context, body []byte, hdr http.Header) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.httpURL, bytes.NewReader(body))
+var _ transport = (*httpConn)(nil)
+
+func (h *httpConn) kind() string { return engine.TransportHTTP }
+
+// cached is always "": over HTTP no connection holds a response.
+func (h *httpConn) cached(*laneState) string { return "" }
+
+func (h *httpConn) hold(*laneState, string) {}
+
+func (h *httpConn) dropUpstream() {}
+
+func (h *httpConn) send(ctx context.Context, payload []byte, _ bool) (exchange, error) {
+	rctx, cancel := context.WithCancel(ctx)
+	x := &sseExchange{cancel: cancel}
+	// One timer bounds every wait of the exchange: the response headers, then each event. It
+	// cancels the request, which ends a blocked read.
+	x.timer = time.AfterFunc(h.srv.cfg.FirstEventTimeout, func() {
+		x.timedOut.Store(true)
+		cancel()
+	})
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, h.srv.httpURL, bytes.NewReader(payload))
 	if err != nil {
+		x.close()
 		return nil, err
 	}
-	for k, v := range hdr {
+	for k, v := range h.hdr {
 		req.Header[k] = v
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.ContentLength = int64(len(body))
-	return s.client.Do(req)
+	req.ContentLength = int64(len(payload))
+	resp, err := h.srv.client.Do(req)
+	if err != nil {
+		x.close()
+		return nil, x.failure(ctx, err)
+	}
+	x.timer.Stop()
+	x.body = resp.Body
+	h.resp = resp
+	switch {
+	case resp.StatusCode >= 400:
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		x.one = &upstreamEvent{data: data, raw: data, kind: responses.EventError, status: resp.StatusCode}
+	case !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"):
+		data, err := io.ReadAll(io.LimitReader(resp.Body, upstreamReadLimit))
+		if err != nil {
+			x.close()
+			return nil, x.failure(ctx, err)
+		}
+		x.one = &upstreamEvent{data: data, raw: data, object: true}
+	default:
+		x.rd = responses.NewSSEReader(resp.Body)
+	}
+	return x, nil
 }
 
-// streamBack relays a successful upstream response: server-sent events one by one, each
-// flushed as it arrives, or a plain JSON response as is.
-func (s *Server) streamBack(ctx context.Context, w http.ResponseWriter, resp *http.Response, tc *turnCtx, sent *responses.Request, mem *memory, attempted bool) string {
-	defer resp.Body.Close()
-	for k, v := range resp.Header {
+// begin writes the upstream response's status line and headers once, before the first byte
+// of the answer.
+func (h *httpConn) begin() {
+	if h.wrote {
+		return
+	}
+	h.wrote = true
+	if h.resp == nil {
+		return
+	}
+	for k, v := range h.resp.Header {
 		switch k {
 		case "Content-Length", "Connection", "Transfer-Encoding":
 			continue
 		}
-		w.Header()[k] = v
+		h.w.Header()[k] = v
 	}
-	w.WriteHeader(resp.StatusCode)
-	flusher, _ := w.(http.Flusher)
-	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		data, err := io.ReadAll(io.LimitReader(resp.Body, upstreamReadLimit))
-		_, _ = w.Write(data)
-		if err != nil {
-			return "upstream_error"
-		}
-		// A non-streamed response is the response object itself.
-		var ev responses.Event
-		if r, err := responses.Parse(data); err == nil {
-			ev.Type = responses.EventCompleted
-			ev.ResponseID = r.String("id")
-			ev.Status = r.String("status")
-			if out, ok := r.Field("output"); ok {
-				if items, err := parseItems(out); err == nil {
-					ev.Output = items
-				}
-			}
-			if ev.Status != "completed" {
-				ev.Type = responses.EventIncomplete
-			}
-		}
-		s.bookkeep(ctx, tc, sent, ev, nil, mem)
-		return "completed"
+	h.w.WriteHeader(h.resp.StatusCode)
+}
+
+func (h *httpConn) relay(ev *upstreamEvent, more bool) error {
+	h.begin()
+	if _, err := h.w.Write(ev.raw); err != nil {
+		return errClientGone
 	}
-	rd := responses.NewSSEReader(resp.Body)
-	var items []responses.Item
-	for {
-		ev, err := rd.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				return "client_gone"
-			}
-			// The stream ended without a terminal event: say so in the stream, since the
-			// status line is long gone.
-			_, _ = w.Write(responses.SSEFrame("error", responses.ErrorFrame(responses.ErrorBody{
-				Status: http.StatusBadGateway, Type: "server_error", Code: "upstream_connection_lost",
-				Message: "the upstream stream ended before the response did"})))
-			if flusher != nil {
-				flusher.Flush()
-			}
-			s.clearAnchor(ctx, tc, mem)
-			return "upstream_error"
-		}
-		kind := ev.Name
-		if kind == "" {
-			kind = responses.EventKind(ev.Data)
-		}
-		var pe responses.Event
-		parsed := false
-		if kind == responses.EventOutputItemDone || responses.IsTerminal(kind) || kind == responses.EventError {
-			var err error
-			pe, err = responses.ParseEvent(ev.Data)
-			parsed = err == nil
-		}
-		if parsed && responses.IsTerminal(kind) {
-			// Bookkeeping before the terminal event reaches the client, so that its next
-			// request finds the session's state committed.
-			if pe.Item != nil {
-				items = append(items, *pe.Item)
-			}
-			pe.Type = kind
-			s.bookkeep(ctx, tc, sent, pe, items, mem)
-			if attempted {
-				s.metrics.recoveries.WithLabelValues(lastReason(tc.reasons), "succeeded").Inc()
-			}
-		}
-		if _, err := w.Write(ev.Raw); err != nil {
-			return "client_gone"
-		}
-		// Flushed when no further event has been read already: a burst goes out in one
-		// write (the last event is flushed when the handler returns).
-		if flusher != nil && rd.Buffered() == 0 {
-			flusher.Flush()
-		}
-		s.metrics.toClient.Inc()
-		if !parsed {
-			continue
-		}
-		if kind == responses.EventError {
-			s.clearAnchor(ctx, tc, mem)
-			return "upstream_error"
-		}
-		if responses.IsTerminal(kind) {
-			if kind == responses.EventCompleted {
-				return "completed"
-			}
-			return "failed"
-		}
-		if pe.Item != nil {
-			items = append(items, *pe.Item)
-		}
+	// Flushed when no further event has been read already: a burst goes out in one write.
+	if !more {
+		return h.flush()
 	}
+	return nil
+}
+
+func (h *httpConn) flush() error {
+	if h.wrote && h.flusher != nil {
+		h.flusher.Flush()
+	}
+	return nil
+}
+
+// writeError answers with the upstream's own status and body when it refused the request
+// before streaming; an error event of a stream is relayed as an event; an error of the
+// gateway's is a JSON body with its status, or an error event once the stream has begun.
+func (h *httpConn) writeError(e responses.ErrorBody, raw *upstreamEvent) error {
+	switch {
+	case raw != nil && raw.status >= 400 && !h.wrote:
+		h.wrote = true
+		h.w.Header().Set("Content-Type", "application/json")
+		h.w.WriteHeader(raw.status)
+		_, err := h.w.Write(raw.raw)
+		return err
+	case raw != nil && raw.status == 0:
+		return h.relay(raw, false)
+	case !h.wrote:
+		h.wrote = true
+		httpError(h.w, e)
+		return nil
+	}
+	if _, err := h.w.Write(responses.SSEFrame(responses.EventError, responses.ErrorFrame(e))); err != nil {
+		return errClientGone
+	}
+	return h.flush()
+}
+
+// sseExchange is one POST upstream: a stream of server-sent events, or a single answer (an
+// error body, or a response object that was not streamed).
+type sseExchange struct {
+	body     io.ReadCloser
+	rd       *responses.SSEReader
+	one      *upstreamEvent
+	cancel   context.CancelFunc
+	timer    *time.Timer
+	timedOut atomic.Bool
+}
+
+// errStreamEnded is a stream that stopped before its response did.
+var errStreamEnded = errors.New("the upstream stream ended before the response did")
+
+func (x *sseExchange) next(ctx context.Context, wait time.Duration) (*upstreamEvent, error) {
+	if x.one != nil {
+		ev := x.one
+		x.one = nil
+		return ev, nil
+	}
+	if x.rd == nil {
+		return nil, errStreamEnded
+	}
+	x.timer.Reset(wait)
+	e, err := x.rd.Next()
+	x.timer.Stop()
+	if err != nil {
+		if errors.Is(err, io.EOF) && ctx.Err() == nil && !x.timedOut.Load() {
+			return nil, errStreamEnded
+		}
+		return nil, x.failure(ctx, err)
+	}
+	kind := e.Name
+	if kind == "" {
+		kind = responses.EventKind(e.Data)
+	}
+	return &upstreamEvent{data: e.Data, raw: e.Raw, kind: kind}, nil
+}
+
+// failure tells apart why a read or a request failed: the client left, the timer fired, or
+// the upstream connection broke.
+func (x *sseExchange) failure(ctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return errClientGone
+	case x.timedOut.Load():
+		return errUpstreamTimeout
+	}
+	return err
+}
+
+func (x *sseExchange) more() bool { return x.rd != nil && x.rd.Buffered() > 0 }
+
+func (x *sseExchange) close() {
+	x.timer.Stop()
+	if x.body != nil {
+		_ = x.body.Close()
+	}
+	x.cancel()
 }
 
 // readBody reads a request body. With a Content-Length (what clients send) the buffer is
@@ -277,17 +270,4 @@ func readBody(r io.Reader, contentLength, limit int64) ([]byte, error) {
 			buf = slices.Grow(buf, 4096)
 		}
 	}
-}
-
-// parseItems splits a JSON array of items.
-func parseItems(arr []byte) ([]responses.Item, error) {
-	wrapped := make([]byte, 0, len(arr)+10)
-	wrapped = append(wrapped, `{"input":`...)
-	wrapped = append(wrapped, arr...)
-	wrapped = append(wrapped, '}')
-	r, err := responses.Parse(wrapped)
-	if err != nil {
-		return nil, err
-	}
-	return r.Items(), nil
 }

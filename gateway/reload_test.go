@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +26,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"chainmend/emulator"
+	"chainmend/engine"
 	"chainmend/gateway"
+	"chainmend/internal/settings"
 )
 
 // reloadEnv is a gateway whose policy directory the test edits.
@@ -277,31 +283,194 @@ type collectorFunc func(chan<- prometheus.Metric)
 func (f collectorFunc) Describe(chan<- *prometheus.Desc)    {}
 func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
 
-// TestReloadGate: with --reload-gate, a set that compiles but fails the fixtures is refused
-// and the last good set stays active.
-func TestReloadGate(t *testing.T) {
+// gateEnv is a gateway with a policy directory the test edits and a Reloader built with
+// opts; Reload is called by the test, no watcher runs.
+type gateEnv struct {
+	dir  string
+	srv  *gateway.Server
+	rl   *gateway.Reloader
+	reg  *prometheus.Registry
+	logs *syncBuffer
+}
+
+func newGateEnv(t *testing.T, opts ...gateway.ReloaderOption) *gateEnv {
+	t.Helper()
+	// Every default policy file: the fixtures the gate runs cover all of them.
 	dir := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "10-normalizer.yaml"), readPolicy(t, "10-normalizer.yaml"), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "20-recovery.yaml"), readPolicy(t, "20-recovery.yaml"), 0o644))
+	files, err := filepath.Glob(filepath.Join("..", "policies", "*.yaml"))
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, f := range files {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(f)), readPolicy(t, filepath.Base(f)), 0o644))
+	}
 	emu := emulator.StartTest(t, emulator.WithScript(emulator.Reply("ok")), emulator.WithRecording(false))
 	reg := prometheus.NewRegistry()
+	logs := &syncBuffer{}
 	cfg := gateway.DefaultConfig()
 	cfg.Upstream = emu.URL()
 	cfg.Policies = dir
-	cfg.ReloadGate = "../policytests"
-	srv, err := gateway.New(cfg, gateway.WithRegistry(reg), gateway.WithLogger(slog.New(slog.NewTextHandler(&syncBuffer{}, nil))))
+	srv, err := gateway.New(cfg, gateway.WithRegistry(reg), gateway.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	require.NoError(t, err)
-	defer srv.Close()
-	rl := gateway.NewReloader(srv)
-	_, err = rl.Reload()
-	require.NoError(t, err, "the default set passes its fixtures")
-	good := srv.Snapshot().Hash
+	t.Cleanup(func() { _ = srv.Close() })
+	return &gateEnv{dir: dir, srv: srv, rl: gateway.NewReloader(srv, opts...), reg: reg, logs: logs}
+}
 
-	// Compiles, but the fixtures pin the injected text "aborted".
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "10-normalizer.yaml"), withText(t, "cancelled"), 0o644))
-	_, err = rl.Reload()
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "reload gate")
-	assert.Equal(t, good, srv.Snapshot().Hash)
-	assert.Equal(t, 0.0, testutil.ToFloat64(metric(t, reg, "chainmend_policy_last_reload_successful")))
+// edit rewrites the normalizer with another injected text: the set compiles, and the
+// fixtures, which pin "aborted", fail for it.
+func (e *gateEnv) edit(t *testing.T, text string) {
+	t.Helper()
+	require.NoError(t, os.WriteFile(filepath.Join(e.dir, "10-normalizer.yaml"), withText(t, text), 0o644))
+}
+
+// TestReloadGate: a set that compiles but fails the gate is refused, the last good set
+// stays active, and the error and the log line say why (for the fixture gate of
+// --reload-gate: which fixture and what differed).
+func TestReloadGate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gate gateway.ReloadGate
+		// want are substrings of the refusal of the edited set, in the error and the log.
+		want []string
+	}{
+		{
+			name: "fixtures",
+			gate: settings.FixtureGate("../policytests"),
+			want: []string{"reload gate: ", "fixtures in ../policytests failed: ", "esc/partial-outputs-no-prev (line ",
+				`"aborted"`, `"cancelled"`},
+		},
+		{
+			name: "injected check",
+			gate: func(snap *engine.Snapshot) error {
+				if injects(snap, `"cancelled"`) {
+					return errors.New("cancelled is not a word we inject")
+				}
+				return nil
+			},
+			want: []string{"reload gate: cancelled is not a word we inject"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newGateEnv(t, gateway.WithReloadGate(tc.gate))
+			_, err := env.rl.Reload()
+			require.NoError(t, err, "the default set passes the gate")
+			good := env.srv.Snapshot().Hash
+
+			env.edit(t, "cancelled")
+			_, err = env.rl.Reload()
+			require.Error(t, err)
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+				assert.Contains(t, env.logs.String(), strings.Trim(strconv.Quote(w), `"`), "the log line says why")
+			}
+			assert.Equal(t, good, env.srv.Snapshot().Hash, "the last good set stays active")
+			assert.Equal(t, 0.0, testutil.ToFloat64(metric(t, env.reg, "chainmend_policy_last_reload_successful")))
+			assert.Equal(t, 1.0, testutil.ToFloat64(metric(t, env.reg, "chainmend_policy_reload_failures_total")))
+		})
+	}
+}
+
+// injects reports whether some action argument of the set contains text.
+func injects(snap *engine.Snapshot, text string) bool {
+	for _, p := range snap.Policies {
+		for _, r := range p.Rules {
+			for _, a := range r.Actions {
+				for _, e := range a.Args {
+					if strings.Contains(e.Text, text) {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
+}
+
+// TestReloadGateSeesTheNewSet: the gate judges the set that is about to be activated
+// (same content hash), not the active one.
+func TestReloadGateSeesTheNewSet(t *testing.T) {
+	var seen []string
+	env := newGateEnv(t, gateway.WithReloadGate(func(snap *engine.Snapshot) error {
+		seen = append(seen, snap.Hash)
+		return nil
+	}))
+	for _, text := range []string{"aborted", "cancelled"} {
+		env.edit(t, text)
+		_, err := env.rl.Reload()
+		require.NoError(t, err)
+		require.Equal(t, env.srv.Snapshot().Hash, seen[len(seen)-1])
+	}
+	assert.NotEqual(t, seen[0], seen[1])
+}
+
+// TestReloadGateIsNotTraffic: the fixture gate evaluates hundreds of turns per reload, and
+// none of them count in the engine metrics /metrics serves: a gateway that served nothing
+// shows no fired rule and no stage verdict after any number of gated reloads, passed or
+// refused. One real turn then does show, so the test looks at the right series.
+func TestReloadGateIsNotTraffic(t *testing.T) {
+	env := newGateEnv(t, gateway.WithReloadGate(settings.FixtureGate("../policytests")))
+	passed := 0
+	for i, text := range []string{"aborted", "cancelled", "aborted", "interrupted", "aborted"} {
+		env.edit(t, text)
+		if _, err := env.rl.Reload(); err == nil {
+			passed++
+		} else {
+			require.Contains(t, err.Error(), "reload gate", "reload %d", i)
+		}
+	}
+	require.Equal(t, 3, passed)
+	hs := httptest.NewServer(env.srv.Handler())
+	defer hs.Close()
+	scrape := func() string {
+		resp, err := http.Get(hs.URL + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return string(b)
+	}
+	engineSeries := []string{"chainmend_rule_fired_total", "chainmend_policy_verdicts_total", "chainmend_policy_evaluation_seconds_count"}
+	idle := scrape()
+	for _, name := range engineSeries {
+		assert.Zero(t, seriesSum(idle, name), "%s after 5 gated reloads of a gateway that served nothing", name)
+	}
+	assert.Equal(t, 3.0, seriesSum(idle, "chainmend_policy_reloads_total"))
+	assert.Equal(t, 2.0, seriesSum(idle, "chainmend_policy_reload_failures_total"))
+
+	c := dialURL(t, "ws"+strings.TrimPrefix(hs.URL, "http")+"/v1/responses",
+		http.Header{"Authorization": {"Bearer " + testSecret}, "Session-Id": {"gate-traffic"}})
+	c.ok(`{"type":"response.create","model":"gpt-5","store":false,"input":[{"type":"message","role":"user","content":"go"}]}`)
+	eventually(t, "the turn to be counted", func() bool { return seriesSum(scrape(), "chainmend_policy_verdicts_total") > 0 })
+	served := scrape()
+	for _, name := range engineSeries {
+		assert.Positive(t, seriesSum(served, name), "%s after one turn", name)
+	}
+}
+
+// TestRuntimeImportsNoHarness: the gateway gets its reload gate injected, so no test
+// harness (fixture runner, end-to-end helpers, the emulator) nor the process wiring that
+// builds the gate ends up in the runtime's dependencies.
+func TestRuntimeImportsNoHarness(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "chainmend/gateway").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	deps := strings.Fields(string(out))
+	require.Contains(t, deps, "chainmend/engine", "go list answered the wrong question")
+	for _, harness := range []string{"chainmend/internal/policytest", "chainmend/internal/e2etest", "chainmend/emulator", "chainmend/internal/settings"} {
+		assert.NotContains(t, deps, harness)
+	}
+}
+
+// seriesSum sums the samples of a metric family in a Prometheus text exposition.
+func seriesSum(exposition, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(exposition, "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || (rest != "" && rest[0] != '{' && rest[0] != ' ') {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum
 }

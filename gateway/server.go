@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -69,11 +68,16 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(srv *Server) {
 // WithHTTPClient sets the client of the HTTP/SSE path and of WebSocket dials.
 func WithHTTPClient(c *http.Client) Option { return func(srv *Server) { srv.client = c } }
 
-// New builds a gateway. It does not load policies: call LoadPolicies (or SetSnapshot) before
-// serving; /readyz answers 503 until a policy set is active.
+// New builds a gateway. It does not load policies: build its Reloader (NewReloader) and
+// call Reload before serving, the one activation path, gated and counted like every later
+// reload; /readyz answers 503 until a policy set is active.
 func New(cfg Config, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.SessionHeaders == nil {
+		// An explicit empty list reads no header; an unset one reads the defaults.
+		cfg.SessionHeaders = DefaultSessionHeaders
 	}
 	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, tenants: map[string]int{}}
 	for _, o := range opts {
@@ -125,25 +129,9 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 // Registry returns the registry /metrics serves, for wiring other components' metrics.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// EngineObserver returns the engine metrics, to compile snapshots with.
-func (s *Server) EngineObserver() engine.Observer { return s.engine }
-
-// LoadPolicies compiles the policy directory and activates it when it compiles.
-func (s *Server) LoadPolicies() (engine.Diagnostics, error) {
-	snap, diags, err := engine.LoadDir(s.cfg.Policies, engine.WithObserver(s.engine))
-	if err != nil {
-		return nil, err
-	}
-	if snap == nil {
-		return diags, fmt.Errorf("policy set does not compile:\n%w", diags)
-	}
-	s.SetSnapshot(snap)
-	return diags, nil
-}
-
-// SetSnapshot activates a compiled policy set. Turns in flight keep the snapshot they
-// started with.
-func (s *Server) SetSnapshot(snap *engine.Snapshot) {
+// setSnapshot activates a compiled policy set; only the Reloader calls it, after the set
+// passed its gate. Turns in flight keep the snapshot they started with.
+func (s *Server) setSnapshot(snap *engine.Snapshot) {
 	s.snap.Store(snap)
 	s.metrics.activeSet.Reset()
 	s.metrics.activeSet.WithLabelValues(snap.Hash).Set(1)
@@ -307,9 +295,6 @@ func forwardHeaders(in http.Header) http.Header {
 	}
 	return out
 }
-
-// errClientGone ends a session whose client went away.
-var errClientGone = errors.New("client gone")
 
 // detach returns a context that keeps the values of ctx but not its cancellation, for
 // bookkeeping that must finish after the client left.

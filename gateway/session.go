@@ -10,13 +10,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/coder/websocket"
 
-	"chainmend/engine"
 	"chainmend/responses"
-	"chainmend/statestore"
 )
 
 // clientFrame is one frame read from the client.
@@ -33,8 +30,12 @@ type session struct {
 	out    *corkConn // the client's socket under client (see corkConn)
 	hdr    http.Header
 	connID string
-	mem    memory
-	up     *upstreamConn
+	// lanes holds the turn state of each lane of the connection; today only the default
+	// lane ("") carries turns.
+	lanes map[string]*laneState
+	up    *upstreamConn
+	// ex is the upstream exchange of the turn in flight, reused turn after turn.
+	ex     wsExchange
 	ctx    context.Context
 	cancel context.CancelFunc
 	in     chan clientFrame
@@ -47,7 +48,7 @@ type session struct {
 func (ss *session) drain() { ss.drainOnce.Do(func() { close(ss.drainCh) }) }
 
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	tenant := statestore.TenantOf(r.Header.Get("Authorization"))
+	tenant := TenantOf(r.Header.Get("Authorization"))
 	if limit, ok := s.admit(tenant); !ok {
 		s.metrics.limits.WithLabelValues(limit).Inc()
 		status, msg := http.StatusTooManyRequests, "too many open connections"
@@ -79,6 +80,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		ctx:     ctx,
 		cancel:  cancel,
 		in:      make(chan clientFrame, s.cfg.MaxQueuedFrames),
+		lanes:   map[string]*laneState{},
 		drainCh: make(chan struct{}),
 	}
 	if !s.track(ss) {
@@ -156,7 +158,7 @@ func (ss *session) readLoop() {
 			// The client keeps sending while its turns wait: refuse this frame rather than
 			// buffer without bound (Write is safe alongside the turn loop's writes).
 			ss.srv.metrics.limits.WithLabelValues("queued_frames").Inc()
-			ss.writeError(responses.ErrorBody{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "too_many_queued_frames",
+			ss.writeFrameError(responses.ErrorBody{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "too_many_queued_frames",
 				Message: fmt.Sprintf("more than %d frames are waiting for the turn in flight; this one was dropped", ss.srv.cfg.MaxQueuedFrames)})
 		}
 	}
@@ -191,10 +193,10 @@ func (ss *session) readFrame(hint *int) (websocket.MessageType, []byte, error) {
 // refuse answers a bad frame with an error frame; the connection stays open.
 func (ss *session) refuse(code, msg string) {
 	ss.srv.metrics.badFrames.WithLabelValues(code).Inc()
-	ss.writeError(responses.ErrorBody{Status: 400, Type: "invalid_request_error", Code: code, Message: msg})
+	ss.writeFrameError(responses.ErrorBody{Status: 400, Type: "invalid_request_error", Code: code, Message: msg})
 }
 
-func (ss *session) writeError(e responses.ErrorBody) {
+func (ss *session) writeFrameError(e responses.ErrorBody) {
 	_ = ss.write(responses.ErrorFrame(e))
 }
 
@@ -225,7 +227,7 @@ func (ss *session) dispatch(frame []byte) {
 	}
 	switch typ := req.Type(); typ {
 	case "response.create":
-		ss.turn(req)
+		ss.srv.drive(ss.ctx, ss, ss.lane(""), req, ss.connID, ss.hdr)
 	case "response.processed":
 		// An acknowledgement: no reply; the upstream connection that produced the
 		// response gets it when it is still open.
@@ -240,264 +242,6 @@ func (ss *session) dispatch(frame []byte) {
 		ss.refuse("missing_type", "the frame has no type; expected response.create")
 	default:
 		ss.refuse("unknown_frame_type", fmt.Sprintf("unknown frame type %q; expected response.create", typ))
-	}
-}
-
-// upstream returns an open upstream connection, replacing a closed or old one.
-func (ss *session) upstream() (*upstreamConn, error) {
-	cfg := &ss.srv.cfg
-	if ss.up != nil && ss.up.alive(cfg.UpstreamMaxAge) {
-		return ss.up, nil
-	}
-	if ss.up != nil {
-		if time.Since(ss.up.born) >= cfg.UpstreamMaxAge {
-			ss.srv.metrics.upstream.WithLabelValues("rotated").Inc()
-		} else {
-			ss.srv.metrics.upstream.WithLabelValues("lost").Inc()
-		}
-		ss.up.close()
-		ss.up = nil
-	}
-	up, err := dialUpstream(ss.ctx, ss.srv.wsURL, ss.hdr, ss.srv.client, cfg.DialTimeout)
-	if err != nil {
-		ss.srv.metrics.upstream.WithLabelValues("dial_failed").Inc()
-		return nil, err
-	}
-	ss.srv.metrics.upstream.WithLabelValues("dialed").Inc()
-	ss.up = up
-	return up, nil
-}
-
-func (ss *session) dropUpstream() {
-	if ss.up != nil {
-		ss.up.close()
-		ss.up = nil
-	}
-}
-
-// cached is the response the current upstream connection can chain to, "" when the next
-// send will go on a fresh connection.
-func (ss *session) cached() string {
-	if ss.up == nil || !ss.up.alive(ss.srv.cfg.UpstreamMaxAge) {
-		return ""
-	}
-	return ss.up.cached
-}
-
-// relayResult is how an upstream exchange ended.
-type relayResult struct {
-	terminal      *responses.Event
-	terminalFrame []byte
-	items         []responses.Item
-	errFrame      []byte
-	errBody       *responses.ErrorBody
-	transport     error
-	timeout       bool
-	clientGone    bool
-	clientWritten bool
-}
-
-// relay sends a payload and relays the upstream's events to the client as they arrive,
-// until the terminal event, an error frame, or a failure.
-func (ss *session) relay(up *upstreamConn, payload []byte) (res relayResult) {
-	cfg := &ss.srv.cfg
-	if err := up.send(ss.ctx, payload, cfg.WriteTimeout); err != nil {
-		res.transport = err
-		return res
-	}
-	ss.srv.metrics.toUpstream.Inc()
-	timer := time.NewTimer(cfg.FirstEventTimeout)
-	defer timer.Stop()
-	// Events already queued behind the one being written go out with it in one socket
-	// write (corkConn); whatever is held when the relay ends goes out now, before the
-	// caller's bookkeeping. A failed write fails every later one, so the caller's terminal
-	// write reports the client gone.
-	defer func() { _ = ss.out.uncork() }()
-	for {
-		var f []byte
-		select {
-		case <-ss.ctx.Done():
-			res.clientGone = true
-			return res
-		case <-timer.C:
-			res.timeout = true
-			return res
-		case f = <-up.frames:
-		case <-up.done:
-			// Frames read before the close are still queued: relay them first.
-			select {
-			case f = <-up.frames:
-			default:
-				res.transport = up.failure()
-				return res
-			}
-		}
-		kind := responses.EventKind(f)
-		if kind == responses.EventError {
-			ev, _ := responses.ParseEvent(f)
-			eb := responses.ErrorBody{Status: 500, Type: "server_error", Message: "upstream error"}
-			if ev.Error != nil {
-				eb = *ev.Error
-			}
-			res.errFrame, res.errBody = f, &eb
-			return res
-		}
-		var ev responses.Event
-		if kind == responses.EventOutputItemDone || responses.IsTerminal(kind) {
-			ev, _ = responses.ParseEvent(f)
-			if ev.Item != nil {
-				res.items = append(res.items, *ev.Item)
-			}
-		}
-		if responses.IsTerminal(kind) {
-			if kind == responses.EventCompleted || ev.Status == "completed" {
-				up.cached = ev.ResponseID
-			}
-			// The caller writes the terminal event after the bookkeeping, so that a client
-			// that reacts to it (on this or another connection or instance) finds the
-			// session's state already committed.
-			res.terminal, res.terminalFrame = &ev, f
-			return res
-		}
-		if len(up.frames) > 0 {
-			ss.out.cork()
-		}
-		if err := ss.write(f); err != nil {
-			res.clientGone = true
-			return res
-		}
-		if len(up.frames) == 0 {
-			if err := ss.out.uncork(); err != nil {
-				ss.cancel() // as in write: a client that cannot take frames ends its session
-				res.clientGone = true
-				return res
-			}
-		}
-		res.clientWritten = true
-		timer.Reset(cfg.IdleTimeout)
-	}
-}
-
-// turn runs one response.create through pre_send, the upstream, recovery and bookkeeping.
-func (ss *session) turn(req *responses.Request) {
-	srv := ss.srv
-	if srv.snap.Load() == nil {
-		ss.writeError(responses.ErrorBody{Status: 503, Type: "server_error", Code: "policies_not_loaded", Message: "the gateway has no active policy set yet"})
-		return
-	}
-	// The upstream connection is settled before the policies run, so that upstream.cached
-	// tells them whether this turn goes out on a fresh connection. A failed dial leaves it
-	// "" and surfaces as a transport failure when the turn is sent.
-	_, _ = ss.upstream()
-	tc := srv.buildTurn(ss.ctx, req, engine.TransportWebSocket, ss.hdr, ss.connID, &ss.mem, ss.cached())
-	ss.mem.turns++
-	outcome := ss.runTurn(tc)
-	srv.metrics.turns.WithLabelValues(engine.TransportWebSocket, outcome).Inc()
-	elapsed := time.Since(tc.start)
-	srv.metrics.turnSeconds.WithLabelValues(engine.TransportWebSocket).Observe(elapsed.Seconds())
-	srv.log.Info("turn", "transport", "websocket", "session", tc.scope.Session, "turn", tc.t.Number,
-		"reasons", strings.Join(tc.reasons, ","), "outcome", outcome, "ms", float64(elapsed.Microseconds())/1000, "set", tc.snap.Hash)
-}
-
-func (ss *session) runTurn(tc *turnCtx) string {
-	srv := ss.srv
-	out := tc.snap.Evaluate(engine.StagePreSend, tc.t)
-	tc.note(out)
-	srv.logFired(out, tc.scope.Session)
-	if out.ClearAnchor {
-		ss.mem.anchorKnown, ss.mem.anchor = true, ""
-	}
-	if out.Verdict == engine.VerdictReject {
-		if out.ClearAnchor {
-			srv.clearAnchor(ss.ctx, tc, &ss.mem)
-		}
-		ss.writeError(rejection(out.Reject))
-		return "rejected"
-	}
-	sent := tc.t.Request
-	attempted := false
-	for {
-		var res relayResult
-		up, err := ss.upstream()
-		if err != nil {
-			res.transport = err
-		} else {
-			res = ss.relay(up, sent.Bytes())
-		}
-		switch {
-		case res.clientGone:
-			ss.dropUpstream()
-			return "client_gone"
-		case res.terminal != nil:
-			srv.bookkeep(ss.ctx, tc, sent, *res.terminal, res.items, &ss.mem)
-			if attempted {
-				srv.metrics.recoveries.WithLabelValues(lastReason(tc.reasons), "succeeded").Inc()
-			}
-			if ss.write(res.terminalFrame) != nil {
-				ss.dropUpstream()
-				return "client_gone"
-			}
-			if res.terminal.Type == responses.EventCompleted {
-				return "completed"
-			}
-			return "failed"
-		case res.timeout:
-			ss.dropUpstream()
-			srv.clearAnchor(ss.ctx, tc, &ss.mem)
-			ss.writeError(responses.ErrorBody{Status: 504, Type: "server_error", Code: "upstream_timeout", Message: "the upstream did not answer in time"})
-			return "upstream_timeout"
-		}
-		// An error frame or a transport failure.
-		if res.transport != nil {
-			ss.dropUpstream()
-		}
-		if res.clientWritten {
-			if res.errFrame != nil {
-				_ = ss.write(withStatus(res.errFrame, res.errBody.Status))
-			} else {
-				ss.writeError(responses.ErrorBody{Status: 502, Type: "server_error", Code: "upstream_connection_lost", Message: "the upstream connection closed mid-response"})
-			}
-			srv.clearAnchor(ss.ctx, tc, &ss.mem)
-			return "upstream_error"
-		}
-		ue := &engine.UpstreamError{Status: 502, Type: "server_error", Code: "upstream_connection_lost", Transport: true}
-		if res.errBody != nil {
-			ue = upstreamErrorOf(*res.errBody)
-		} else if res.transport != nil {
-			ue.Message = res.transport.Error()
-		}
-		rt := tc.recoveryTurn(sent, ue, attempted)
-		rout := tc.snap.Evaluate(engine.StageOnUpstreamError, rt)
-		tc.note(rout)
-		srv.logFired(rout, tc.scope.Session)
-		reason := lastReason(reasonsOf(rout))
-		if rout.ClearAnchor {
-			srv.clearAnchor(ss.ctx, tc, &ss.mem)
-		}
-		switch rout.Verdict {
-		case engine.VerdictRetry:
-			srv.metrics.recoveries.WithLabelValues(reason, "retried").Inc()
-			attempted = true
-			// Every retry goes out on a fresh upstream connection.
-			ss.dropUpstream()
-			sent = rt.Request
-			tc.t = rt
-			continue
-		case engine.VerdictReject:
-			ss.writeError(rejection(rout.Reject))
-			return "rejected"
-		}
-		if attempted {
-			srv.metrics.recoveries.WithLabelValues(reason, "failed").Inc()
-		} else {
-			srv.metrics.recoveries.WithLabelValues(reason, "forwarded").Inc()
-		}
-		if res.errFrame != nil {
-			_ = ss.write(withStatus(res.errFrame, res.errBody.Status))
-		} else {
-			ss.writeError(responses.ErrorBody{Status: ue.Status, Type: ue.Type, Code: ue.Code, Message: "the upstream connection failed: " + ue.Message})
-		}
-		return "error_forwarded"
 	}
 }
 
@@ -525,14 +269,4 @@ func hasTopLevelStatus(frame []byte) bool {
 	}
 	_, ok := r.Field("status")
 	return ok
-}
-
-func reasonsOf(out *engine.Outcome) []string { return out.Reasons() }
-
-// lastReason is the reason of the decisive rule: the last one that fired.
-func lastReason(reasons []string) string {
-	if len(reasons) == 0 {
-		return "none"
-	}
-	return reasons[len(reasons)-1]
 }

@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"log/slog"
-	"net/http"
 	"slices"
 	"time"
 
@@ -12,64 +11,69 @@ import (
 	"chainmend/statestore"
 )
 
-// maxItemKeys bounds what a connection remembers of the previous turn's context.
-const maxItemKeys = 20000
+// turn is one turn in flight: where it came from, the snapshot it is evaluated against from
+// start to end, the turn context as it goes upstream, and the state changes its rules asked
+// for that are not written yet.
+type turn struct {
+	srv   *Server
+	tr    transport
+	lane  *laneState
+	scope statestore.Scope
+	snap  *engine.Snapshot
+	// t is the turn context: after pre_send, and after each recovery, the request as sent.
+	t *engine.Turn
+	// start is the state the turn began with: post_response rules see the anchor, pending
+	// calls and transcript as they were before this turn.
+	startAnchor  string
+	startPending engine.Pending
+	startReplay  engine.Replay
 
-// memory is what a client connection remembers between turns. It outranks the store: it
-// is what this very connection saw.
-type memory struct {
-	anchorKnown bool
-	anchor      string
-	prev        *engine.Previous
-	turns       int
+	// batch holds the rules' state changes until the turn's one commit.
+	batch statestore.Batch
+	dirty bool
+
+	began   time.Time
+	reasons []string
+	// attempted is set once a recovery was tried; clientWritten once anything of this turn
+	// reached the client.
+	attempted     bool
+	clientWritten bool
+	// recovery is the reason of the rule that chose the retry.
+	recovery string
 }
 
-// turnCtx is one turn in flight: its scope, its snapshot, and the turn context the
-// policies evaluate.
-type turnCtx struct {
-	scope    statestore.Scope
-	snap     *engine.Snapshot
-	t        *engine.Turn
-	expected string
-	replay   statestore.Result
-	start    time.Time
-	reasons  []string
-}
-
-// buildTurn reads the session's state and builds the turn context (ARCHITECTURE: one turn).
-func (s *Server) buildTurn(ctx context.Context, req *responses.Request, transport string, hdr http.Header, connID string, mem *memory, cached string) *turnCtx {
-	tc := &turnCtx{start: time.Now(), snap: s.snap.Load()}
-	tc.scope = statestore.Scope{
-		Tenant:  statestore.TenantOf(hdr.Get("Authorization")),
-		Session: statestore.SessionOf(hdr, req.String("prompt_cache_key"), connID),
-	}
+// newTurn reads the lane's state and the store and builds the turn context (ARCHITECTURE:
+// one turn). cached is what the upstream connection the turn will go out on holds for the lane.
+func (s *Server) newTurn(ctx context.Context, tr transport, lane *laneState, req *responses.Request, scope statestore.Scope, snap *engine.Snapshot) *turn {
+	d := &turn{srv: s, tr: tr, lane: lane, scope: scope, snap: snap, began: time.Now()}
+	d.batch.Scope = scope
 	t := &engine.Turn{
 		Request:   req,
 		Mode:      s.cfg.Mode,
-		Transport: transport,
-		Number:    mem.turns + 1,
-		Cached:    cached,
-		Previous:  mem.prev,
+		Transport: tr.kind(),
+		Lane:      lane.name,
+		Number:    lane.turns + 1,
+		Cached:    tr.cached(lane),
+		Previous:  lane.prev,
 		Recovery:  engine.Recovery{Enabled: s.cfg.Recovery},
 	}
-	if !mem.anchorKnown {
+	if !lane.anchorKnown {
 		// The first turn of a connection (every HTTP request): the session's state may be
 		// only in Redis, as when a client reconnects to another instance. One pipelined
 		// read (anchor, transcript, and the pending calls of the response the request
 		// chains to) instead of up to three in a row; a no-op when it is all local.
 		if p, ok := s.store.(statestore.Prefetcher); ok {
-			p.Prefetch(ctx, tc.scope, req.PreviousResponseID())
+			p.Prefetch(ctx, scope, req.PreviousResponseID())
 		}
+		if a, res := s.store.Anchor(ctx, scope); res == statestore.Hit {
+			t.Anchor = a
+		}
+	} else {
+		t.Anchor = lane.anchor
 	}
-	if mem.anchorKnown {
-		t.Expected = mem.anchor
-	} else if a, res := s.store.Anchor(ctx, tc.scope); res == statestore.Hit {
-		t.Expected = a
-	}
-	tc.expected = t.Expected
-	if t.Expected != "" {
-		calls, res := s.store.Pending(ctx, tc.scope.Tenant, t.Expected)
-		t.Pending = engine.Pending{Known: res == statestore.Hit, ResponseID: t.Expected}
+	if t.Anchor != "" {
+		calls, res := s.store.Pending(ctx, scope.Tenant, t.Anchor)
+		t.Pending = engine.Pending{Known: res == statestore.Hit, ResponseID: t.Anchor}
 		if res == statestore.Hit {
 			t.Pending.Calls = make([]engine.PendingCall, len(calls))
 			for i, c := range calls {
@@ -77,149 +81,143 @@ func (s *Server) buildTurn(ctx context.Context, req *responses.Request, transpor
 			}
 		}
 	}
-	tr, res := s.store.Replay(ctx, tc.scope)
-	tc.replay = res
-	if res == statestore.Hit && len(tr.Items) > 0 {
-		t.Replay = engine.Replay{
-			Available:      true,
-			LastResponseID: tr.LastResponseID,
-			Trimmed:        tr.Trimmed,
-			Load: func() ([]responses.Item, error) {
-				items := make([]responses.Item, len(tr.Items))
-				for i, it := range tr.Items {
-					items[i] = responses.Item{Raw: it.Raw, Type: it.Type, CallID: it.CallID}
-				}
-				return items, nil
-			},
+	tr2, res := s.store.Replay(ctx, scope)
+	t.Replay.Known = res != statestore.Unknown
+	if res == statestore.Hit && len(tr2.Items) > 0 {
+		t.Replay.Available = true
+		t.Replay.LastResponseID = tr2.LastResponseID
+		t.Replay.Trimmed = tr2.Trimmed
+		t.Replay.Load = func() ([]responses.Item, error) {
+			items := make([]responses.Item, len(tr2.Items))
+			for i, it := range tr2.Items {
+				items[i] = responses.Item{Raw: it.Raw, Type: it.Type, CallID: it.CallID}
+			}
+			return items, nil
 		}
 	}
-	tc.t = t
-	return tc
+	d.t = t
+	d.startAnchor, d.startPending, d.startReplay = t.Anchor, t.Pending, t.Replay
+	lane.turns++
+	return d
 }
 
-// recoveryTurn is the on_upstream_error context: the turn as sent, with the error.
-func (tc *turnCtx) recoveryTurn(sent *responses.Request, e *engine.UpstreamError, attempted bool) *engine.Turn {
-	t := *tc.t
-	t.Request = sent.Clone()
-	t.Error = e
-	t.Recovery.Attempted = attempted
-	t.Recovery.ClientWritten = false
-	t.Replayed = false
-	return &t
-}
-
-func (tc *turnCtx) note(out *engine.Outcome) {
+// evaluate runs one stage on t, notes what fired, and takes in the state changes the rules
+// asked for. resp is the response a post_response stage bookkeeps.
+func (d *turn) evaluate(stage string, t *engine.Turn) *engine.Outcome {
+	out := d.snap.Evaluate(stage, t)
 	for _, f := range out.Fired {
-		tc.reasons = append(tc.reasons, f.Reason)
+		d.reasons = append(d.reasons, f.Reason)
 	}
+	d.srv.logFired(out, d.scope.Session, d.lane.name)
+	d.absorb(&out.Effects, t)
+	return out
+}
+
+// absorb applies the state changes of a stage: to the lane at once (the connection's memory
+// and what its upstream holds), and to the batch the turn commits once.
+func (d *turn) absorb(eff *engine.Effects, t *engine.Turn) {
+	b := &d.batch
+	if eff.Anchor != nil {
+		a := *eff.Anchor
+		b.Anchor = &a
+		d.lane.anchorKnown, d.lane.anchor = true, a
+		d.dirty = true
+	}
+	if p := eff.PutPending; p != nil {
+		calls := make([]statestore.Call, len(p.Calls))
+		for i, c := range p.Calls {
+			calls[i] = statestore.Call{ID: c.ID, Kind: c.Kind}
+		}
+		b.PutPending = &statestore.PendingPut{ResponseID: p.ResponseID, Calls: calls}
+		d.dirty = true
+	}
+	for _, id := range eff.DeletePending {
+		if !slices.Contains(b.DeletePending, id) {
+			b.DeletePending = append(b.DeletePending, id)
+			d.dirty = true
+		}
+	}
+	switch eff.Transcript {
+	case engine.TranscriptAppend, engine.TranscriptReset:
+		if t.Response == nil {
+			break
+		}
+		if eff.Transcript == engine.TranscriptReset {
+			b.ReplayReset, b.ReplayAppend = true, nil
+		}
+		b.ReplayAppend = appendReplay(b.ReplayAppend, t.Request.Items(), t.Response.Items)
+		b.ReplayLastResponseID = t.Response.ID
+		d.dirty = true
+	case engine.TranscriptClear:
+		b.ReplayReset, b.ReplayAppend, b.ReplayLastResponseID = true, nil, ""
+		d.dirty = true
+	}
+	if eff.UpstreamCached != nil {
+		d.tr.hold(d.lane, *eff.UpstreamCached)
+	}
+}
+
+// commit writes the turn's state changes in one pipelined round trip. It runs before the
+// client gets the turn's last frame, so that a client that reacts to it (on this or another
+// connection or instance) finds the state committed.
+func (d *turn) commit(ctx context.Context) {
+	if !d.dirty {
+		return
+	}
+	d.dirty = false
+	b := d.batch
+	d.batch = statestore.Batch{Scope: d.scope}
+	if err := d.srv.store.Commit(detach(ctx), b); err != nil {
+		d.srv.metrics.storeErrors.Inc()
+		d.srv.log.Warn("bookkeeping write failed; local state kept", "err", err)
+	}
+}
+
+// bookkeep runs post_response on a finished response (SPEC §5.3): the rules decide what
+// becomes of the anchor, the pending calls, the transcript and the upstream connection's
+// cache; the lane remembers the payload.
+func (d *turn) bookkeep(resp *engine.Response) {
+	if resp.ID == "" {
+		return
+	}
+	pt := *d.t
+	pt.Anchor, pt.Pending, pt.Replay = d.startAnchor, d.startPending, d.startReplay
+	pt.Cached = d.tr.cached(d.lane)
+	pt.Error, pt.Recovery = nil, engine.Recovery{}
+	pt.Response = resp
+	d.evaluate(engine.StagePostResponse, &pt)
+	d.lane.remember(d.t.Request, resp.Items)
+}
+
+// responseOf gathers what a terminal event says of its response. items are the output items
+// seen in output_item.done events; without them, the terminal event's own output counts.
+func responseOf(kind string, ev responses.Event, items []responses.Item) *engine.Response {
+	if len(items) == 0 {
+		items = ev.Output
+	}
+	return &engine.Response{ID: ev.ResponseID, Status: ev.Status, Event: kind, Items: items}
+}
+
+func appendReplay(dst []statestore.ReplayItem, in, out []responses.Item) []statestore.ReplayItem {
+	dst = slices.Grow(dst, len(in)+len(out))
+	for _, it := range in {
+		dst = append(dst, statestore.ReplayItem{Raw: it.Raw, Type: it.Type, CallID: it.CallID})
+	}
+	for _, it := range out {
+		dst = append(dst, statestore.ReplayItem{Raw: it.Raw, Type: it.Type, CallID: it.CallID})
+	}
+	return dst
 }
 
 // logFired writes one debug line per fired rule.
-func (s *Server) logFired(out *engine.Outcome, session string) {
+func (s *Server) logFired(out *engine.Outcome, session, lane string) {
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
 	for _, f := range out.Fired {
-		s.log.Debug("rule fired", "session", session, "stage", f.Stage, "policy", f.Policy,
+		s.log.Debug("rule fired", "session", session, "lane", lane, "stage", f.Stage, "policy", f.Policy,
 			"rule", f.Rule, "reason", f.Reason, "shadow", f.Shadow, "set", out.Hash)
 	}
-}
-
-// bookkeep records what a finished response means for the session (SPEC §5.3): pending
-// calls, anchor, replay transcript, and the connection's memory; all store writes go in
-// one batch.
-func (s *Server) bookkeep(ctx context.Context, tc *turnCtx, sent *responses.Request, term responses.Event, items []responses.Item, mem *memory) {
-	if len(items) == 0 {
-		items = term.Output
-	}
-	respID := term.ResponseID
-	b := statestore.Batch{Scope: tc.scope}
-	if respID == "" {
-		return
-	}
-	var calls []statestore.Call
-	for i := range items {
-		if items[i].IsCall() {
-			calls = append(calls, statestore.Call{ID: items[i].CallID, Kind: items[i].Type})
-		}
-	}
-	completed := term.Type == responses.EventCompleted || term.Status == "completed"
-	b.PutPending = &statestore.PendingPut{ResponseID: respID, Calls: calls}
-	if tc.expected != "" && tc.expected != respID {
-		b.DeletePending = []string{tc.expected}
-	}
-	anchor := ""
-	if completed || len(calls) > 0 {
-		anchor = respID
-	}
-	b.Anchor = &anchor
-	mem.anchorKnown, mem.anchor = true, anchor
-
-	prev := sent.PreviousResponseID()
-	if anchor != "" && tc.replay != statestore.Unknown {
-		switch {
-		case prev == "":
-			b.ReplayReset = true
-			b.ReplayAppend = replayItems(sent.Items(), items)
-			b.ReplayLastResponseID = respID
-		case tc.t.Replay.Available && tc.t.Replay.LastResponseID == prev:
-			b.ReplayAppend = replayItems(sent.Items(), items)
-			b.ReplayLastResponseID = respID
-		default:
-			// The transcript does not end where this turn's chain starts: appending would
-			// leave a gap, so it is emptied until the next full create.
-			b.ReplayReset = true
-		}
-	}
-
-	p := &engine.Previous{FieldDigests: sent.FieldDigests()}
-	if prev != "" && mem.prev != nil {
-		// The chain's keys grow in place: the previous Previous keeps its own length and
-		// is only read, so extending its array is safe, and a long chain is not copied on
-		// every turn (that was O(chain length) per turn, up to maxItemKeys strings).
-		p.ItemKeys = mem.prev.ItemKeys
-	}
-	for i := range sent.Items() {
-		p.ItemKeys = append(p.ItemKeys, sent.Items()[i].Key())
-	}
-	for i := range items {
-		p.ItemKeys = append(p.ItemKeys, items[i].Key())
-	}
-	if len(p.ItemKeys) > maxItemKeys {
-		p.ItemKeys = slices.Clone(p.ItemKeys[len(p.ItemKeys)-maxItemKeys:])
-	}
-	mem.prev = p
-
-	if err := s.store.Commit(detach(ctx), b); err != nil {
-		s.metrics.storeErrors.Inc()
-		s.log.Warn("bookkeeping write failed; local state kept", "err", err)
-	}
-}
-
-// clearAnchor records a cleared anchor outside a response's bookkeeping (a rejected or
-// forwarded turn).
-func (s *Server) clearAnchor(ctx context.Context, tc *turnCtx, mem *memory) {
-	empty := ""
-	mem.anchorKnown, mem.anchor = true, ""
-	if err := s.store.Commit(detach(ctx), statestore.Batch{Scope: tc.scope, Anchor: &empty}); err != nil {
-		s.metrics.storeErrors.Inc()
-	}
-}
-
-func replayItems(in, out []responses.Item) []statestore.ReplayItem {
-	r := make([]statestore.ReplayItem, 0, len(in)+len(out))
-	for _, it := range in {
-		r = append(r, statestore.ReplayItem{Raw: it.Raw, Type: it.Type, CallID: it.CallID})
-	}
-	for _, it := range out {
-		r = append(r, statestore.ReplayItem{Raw: it.Raw, Type: it.Type, CallID: it.CallID})
-	}
-	return r
-}
-
-// upstreamErrorOf converts an upstream error body for the engine.
-func upstreamErrorOf(e responses.ErrorBody) *engine.UpstreamError {
-	return &engine.UpstreamError{Status: e.Status, Type: e.Type, Code: e.Code, Message: e.Message, Param: e.Param}
 }
 
 func rejection(r *engine.Rejection) responses.ErrorBody {

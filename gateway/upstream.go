@@ -28,9 +28,6 @@ type upstreamConn struct {
 
 	mu  sync.Mutex
 	err error
-	// cached is the last response completed on this connection: with store:false the only
-	// one the upstream can chain to.
-	cached string
 }
 
 func dialUpstream(ctx context.Context, url string, hdr http.Header, client *http.Client, timeout time.Duration) (*upstreamConn, error) {

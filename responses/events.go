@@ -16,6 +16,9 @@ const (
 	EventCancelled      = "response.cancelled"
 )
 
+// StatusCompleted is the status of a response that ran to its end.
+const StatusCompleted = "completed"
+
 // IsTerminal reports whether an event type ends a response.
 func IsTerminal(t string) bool {
 	switch t {
@@ -241,4 +244,24 @@ func appendErrorObject(b []byte, e ErrorBody) []byte {
 		b = appendQuoted(b, e.Param)
 	}
 	return append(b, '}')
+}
+
+// ParseResponseObject reads a response object that is not wrapped in an event (the body of a
+// non-streamed HTTP response): its id, status and output items, as ParseEvent reads them from
+// a terminal event. Type stays "".
+func ParseResponseObject(body []byte) (Event, error) {
+	var ev Event
+	i := skipWS(body, 0)
+	if i >= len(body) || body[i] != '{' {
+		return ev, ErrNotObject
+	}
+	end, err := skipValue(body, i, 0)
+	if err != nil {
+		return ev, err
+	}
+	if skipWS(body, end) != len(body) {
+		return ev, synErr(end, "trailing data after the response object")
+	}
+	readResponse(body[i:end], &ev)
+	return ev, nil
 }

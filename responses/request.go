@@ -21,6 +21,7 @@ const (
 	TypeCustomToolCall       = "custom_tool_call"
 	TypeCustomToolCallOutput = "custom_tool_call_output"
 	TypeLocalShellCall       = "local_shell_call"
+	TypeLocalShellCallOutput = "local_shell_call_output"
 	TypeItemReference        = "item_reference"
 )
 
@@ -29,9 +30,11 @@ func IsCall(t string) bool {
 	return t == TypeFunctionCall || t == TypeCustomToolCall || t == TypeLocalShellCall
 }
 
-// IsOutput reports whether an item type answers a tool call.
+// IsOutput reports whether an item type answers a tool call. A local shell call is answered
+// with function_call_output (what Codex sends), and the upstream also takes
+// local_shell_call_output.
 func IsOutput(t string) bool {
-	return t == TypeFunctionCallOutput || t == TypeCustomToolCallOutput
+	return t == TypeFunctionCallOutput || t == TypeCustomToolCallOutput || t == TypeLocalShellCallOutput
 }
 
 // OutputTypeFor returns the output item type that answers a call of the given type.

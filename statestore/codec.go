@@ -5,6 +5,8 @@ import (
 	"errors"
 	"math"
 	"strings"
+
+	"chainmend/responses"
 )
 
 // lkey identifies an entry of the local tier. It is a struct of the request's
@@ -63,11 +65,11 @@ var errCorrupt = errors.New("statestore: corrupt value")
 
 func kindCode(kind string) byte {
 	switch kind {
-	case "function_call":
+	case responses.TypeFunctionCall:
 		return 'f'
-	case "custom_tool_call":
+	case responses.TypeCustomToolCall:
 		return 'c'
-	case "local_shell_call":
+	case responses.TypeLocalShellCall:
 		return 'l'
 	default:
 		return 'x'
@@ -77,11 +79,11 @@ func kindCode(kind string) byte {
 func kindOfCode(c byte) string {
 	switch c {
 	case 'f':
-		return "function_call"
+		return responses.TypeFunctionCall
 	case 'c':
-		return "custom_tool_call"
+		return responses.TypeCustomToolCall
 	case 'l':
-		return "local_shell_call"
+		return responses.TypeLocalShellCall
 	default:
 		return ""
 	}
@@ -181,13 +183,16 @@ const (
 	classOther     = 'i'
 )
 
+// classOf maps an item type to its class through the wire model's one taxonomy
+// (responses.IsCall, responses.IsOutput), so the store never disagrees with the
+// rules about what a call or an output is.
 func classOf(itemType string) byte {
-	switch itemType {
-	case "function_call", "custom_tool_call", "local_shell_call":
+	switch {
+	case responses.IsCall(itemType):
 		return classCall
-	case "function_call_output", "custom_tool_call_output", "local_shell_call_output":
+	case responses.IsOutput(itemType):
 		return classOutput
-	case "reasoning":
+	case itemType == responses.TypeReasoning:
 		return classReasoning
 	default:
 		return classOther

@@ -3,7 +3,6 @@ package statestore_test
 import (
 	"context"
 	"fmt"
-	"net/http"
 
 	"chainmend/statestore"
 )
@@ -19,13 +18,8 @@ func Example() {
 	}
 	defer store.Close()
 
-	h := http.Header{}
-	h.Set("Authorization", "Bearer sk-example")
-	h.Set("session-id", "0196f4c2-7a0e")
-	scope := statestore.Scope{
-		Tenant:  statestore.TenantOf(h.Get("Authorization")),
-		Session: statestore.SessionOf(h, "", "conn-1"),
-	}
+	// The gateway names the tenant (a hash of the credentials) and the session.
+	scope := statestore.Scope{Tenant: "9f86d081884c7d659a2feaa0c55ad015", Session: "0196f4c2-7a0e"}
 
 	// Turn context: the anchor, then the pending calls of that response.
 	if _, r := store.Anchor(ctx, scope); r == statestore.Miss {

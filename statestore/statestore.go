@@ -14,16 +14,13 @@
 // local copy, and a circuit breaker stops waiting on a dead server. Without a
 // Redis URL the same API works on the local tier alone.
 //
-// Keys are scoped by tenant (TenantOf, a hash of the client's credential) and
-// by session (SessionOf), so one tenant can never read another's state.
+// Keys are scoped by tenant and by session (Scope); how a request's tenant and
+// session are told is the gateway's decision, not the store's. A tenant id
+// must be a fixed-length hash (never a credential): it ends up in Redis keys.
 package statestore
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"net/http"
-	"strings"
 	"time"
 )
 
@@ -91,9 +88,9 @@ func (k Kind) String() string {
 
 // Scope names a session of a tenant.
 type Scope struct {
-	// Tenant is TenantOf(the client's credential).
+	// Tenant is a hash of the client's credentials.
 	Tenant string
-	// Session is SessionOf(the client's headers, prompt_cache_key, connection).
+	// Session names one conversation of the tenant.
 	Session string
 }
 
@@ -176,56 +173,4 @@ type Batch struct {
 // touchesReplay reports whether the batch writes the replay transcript.
 func (b *Batch) touchesReplay() bool {
 	return b.ReplayReset || len(b.ReplayAppend) > 0 || b.ReplayLastResponseID != ""
-}
-
-// tenantHexLen is the length of a tenant id: 128 bits of SHA-256 in hex, so
-// that two credentials never share a tenant by accident.
-const tenantHexLen = 32
-
-// TenantOf returns the tenant id of a credential: a short hex SHA-256 of the
-// Authorization value (a "Bearer " prefix and surrounding spaces ignored).
-// The credential itself never reaches a key, a log or a metric.
-func TenantOf(authorization string) string {
-	cred := strings.TrimSpace(authorization)
-	if len(cred) > 7 && strings.EqualFold(cred[:7], "bearer ") {
-		cred = strings.TrimSpace(cred[7:])
-	}
-	sum := sha256.Sum256([]byte(cred))
-	return hex.EncodeToString(sum[:tenantHexLen/2])
-}
-
-// maxSessionLen bounds a session id used verbatim; longer or unusual ids are
-// hashed so keys stay short and printable.
-const maxSessionLen = 128
-
-// SessionOf returns the session id of a turn: the "session-id" header (Codex
-// 0.169), else "session_id" (older clients), else the request's
-// prompt_cache_key, else the connection id ("conn:"-prefixed so it cannot
-// collide with a client-chosen id). Ids that are long or contain control
-// characters are replaced by "h:" and a hash of them.
-func SessionOf(h http.Header, promptCacheKey, connID string) string {
-	if v := strings.TrimSpace(h.Get("session-id")); v != "" {
-		return sanitizeSession(v)
-	}
-	if v := strings.TrimSpace(h.Get("session_id")); v != "" {
-		return sanitizeSession(v)
-	}
-	if v := strings.TrimSpace(promptCacheKey); v != "" {
-		return sanitizeSession(v)
-	}
-	return sanitizeSession("conn:" + connID)
-}
-
-func sanitizeSession(s string) string {
-	ok := len(s) <= maxSessionLen && !strings.HasPrefix(s, "h:")
-	for i := 0; ok && i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
-			ok = false
-		}
-	}
-	if ok {
-		return s
-	}
-	sum := sha256.Sum256([]byte(s))
-	return "h:" + hex.EncodeToString(sum[:16])
 }

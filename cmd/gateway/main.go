@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"chainmend/gateway"
+	"chainmend/internal/settings"
 	"chainmend/statestore"
 )
 
@@ -27,7 +28,7 @@ func main() {
 }
 
 func run() error {
-	st, err := gateway.ParseSettings(os.Args[1:], os.Getenv, os.Stderr)
+	st, err := settings.Parse(os.Args[1:], os.Getenv, os.Stderr)
 	if err != nil {
 		return err
 	}
@@ -35,16 +36,13 @@ func run() error {
 	statestore.RouteRedisLogs(log)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	store, err := st.OpenStore(log, reg)
-	if err != nil {
-		return err
-	}
-	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
+	// The reload gate (--reload-gate) is wired here, through settings, and not in the
+	// gateway: the fixture harness it runs is no part of the runtime.
+	srv, reloader, err := st.NewGateway(log, reg)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	reloader := gateway.NewReloader(srv)
 	if diags, err := reloader.Reload(); err != nil {
 		return err
 	} else if len(diags) > 0 {

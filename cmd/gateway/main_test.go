@@ -194,6 +194,32 @@ func rawBytes(raw []json.RawMessage) [][]byte {
 	return out
 }
 
+// copyPolicies copies every default policy file into dir (created if need be) and returns
+// it: the binary must run the whole default set, which the reload gate's fixtures cover.
+func copyPolicies(t *testing.T, dir string) string {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	files, err := filepath.Glob("../../policies/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o644))
+	}
+	return dir
+}
+
+// reloadRefused forces a reload (SIGHUP) and waits until the gateway reports it refused.
+func (p *proc) reloadRefused(t *testing.T) {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		_, m := get(t, "http://"+p.addr+"/metrics")
+		return strings.Contains(m, "chainmend_policy_last_reload_successful 0")
+	}, 5*time.Second, 50*time.Millisecond)
+}
+
 // TestConfigAndReload: settings from a config file and the environment, /readyz, and a
 // SIGHUP reload of a broken set that leaves the last good set active.
 func TestConfigAndReload(t *testing.T) {
@@ -203,13 +229,7 @@ func TestConfigAndReload(t *testing.T) {
 	emu := newEmulator(t)
 	bin := build(t, "")
 	dir := t.TempDir()
-	pol := filepath.Join(dir, "policies")
-	require.NoError(t, os.MkdirAll(pol, 0o755))
-	for _, f := range []string{"10-normalizer.yaml", "20-recovery.yaml"} {
-		data, err := os.ReadFile(filepath.Join("../../policies", f))
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(pol, f), data, 0o644))
-	}
+	pol := copyPolicies(t, filepath.Join(dir, "policies"))
 	cfg := filepath.Join(dir, "gateway.yaml")
 	require.NoError(t, os.WriteFile(cfg, []byte("policies: "+pol+"\nmode: strict\nreload_poll: 1h\n"), 0o644))
 	// The environment overrides the file: repair, not strict.
@@ -219,14 +239,38 @@ func TestConfigAndReload(t *testing.T) {
 	require.Equal(t, "response.completed", ev["type"], "%v", ev)
 
 	require.NoError(t, os.WriteFile(filepath.Join(pol, "30-broken.yaml"), []byte("policy: broken\nrules:\n  - id: x\n    stage: pre_send\n    when: request.nope\n"), 0o644))
-	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
-	require.Eventually(t, func() bool {
-		_, m := get(t, "http://"+p.addr+"/metrics")
-		return strings.Contains(m, "chainmend_policy_last_reload_successful 0")
-	}, 5*time.Second, 50*time.Millisecond)
+	p.reloadRefused(t)
 	assert.Contains(t, p.log(), "30-broken.yaml:5:19: when: undeclared reference to 'request.nope'")
 	code, _ := get(t, "http://"+p.addr+"/readyz")
 	assert.Equal(t, 200, code, "the last good set stays active")
 	ev = escConversation(t, p.addr)
 	require.Equal(t, "response.completed", ev["type"], "%v", ev)
+}
+
+// TestReloadGateFlag: --reload-gate wires the fixture gate into the binary. A set that
+// compiles but fails the fixtures is refused on SIGHUP, the log line names the fixture
+// that failed, and the gate's fixture runs never show as traffic on /metrics.
+func TestReloadGateFlag(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries")
+	}
+	emu := newEmulator(t)
+	bin := build(t, "")
+	pol := copyPolicies(t, t.TempDir())
+	p := start(t, bin, []string{"GATEWAY_RELOAD_GATE=../../policytests"},
+		"--upstream", emu.URL(), "--policies", pol, "--reload-poll", "1h")
+	code, _ := get(t, "http://"+p.addr+"/readyz")
+	require.Equal(t, 200, code, "the default set passed the gate:\n%s", p.log())
+
+	data, err := os.ReadFile(filepath.Join(pol, "10-normalizer.yaml"))
+	require.NoError(t, err)
+	edited := bytes.ReplaceAll(data, []byte(`output: '"aborted"'`), []byte(`output: '"cancelled"'`))
+	require.NotEqual(t, data, edited)
+	require.NoError(t, os.WriteFile(filepath.Join(pol, "10-normalizer.yaml"), edited, 0o644))
+	p.reloadRefused(t)
+	assert.Contains(t, p.log(), "reload gate: ")
+	assert.Contains(t, p.log(), "esc/partial-outputs-no-prev (line ")
+	_, metrics := get(t, "http://"+p.addr+"/metrics")
+	assert.NotContains(t, metrics, "chainmend_rule_fired_total{", "fixture runs are not traffic")
+	assert.NotContains(t, metrics, "chainmend_policy_verdicts_total{", "fixture runs are not traffic")
 }

@@ -112,7 +112,7 @@ func Run(ctx context.Context, w io.Writer, policies string) error {
 		return err
 	}
 	defer srv.Close()
-	if _, err := srv.LoadPolicies(); err != nil {
+	if _, err := gateway.NewReloader(srv).Reload(); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

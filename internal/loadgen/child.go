@@ -26,6 +26,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"chainmend/gateway"
+	"chainmend/internal/settings"
 	"chainmend/statestore"
 )
 
@@ -39,23 +40,17 @@ const childEnv = "CHAINMEND_LOADGEN_CHILD"
 
 // runGatewayChild is the child's main. args are gateway flags (cmd/gateway syntax).
 func runGatewayChild(args []string) error {
-	st, err := gateway.ParseSettings(args, os.Getenv, os.Stderr)
+	st, err := settings.Parse(args, os.Getenv, os.Stderr)
 	if err != nil {
 		return err
 	}
 	log := gateway.NewLogger(os.Stderr, st.LogLevel, st.LogFormat)
 	statestore.RouteRedisLogs(log)
-	reg := prometheus.NewRegistry()
-	store, err := st.OpenStore(log, reg, statestore.WithRedisHook(rtCounter))
-	if err != nil {
-		return err
-	}
-	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
+	srv, reloader, err := st.NewGateway(log, prometheus.NewRegistry(), statestore.WithRedisHook(rtCounter))
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	reloader := gateway.NewReloader(srv)
 	if _, err := reloader.Reload(); err != nil {
 		return err
 	}

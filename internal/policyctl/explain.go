@@ -15,7 +15,7 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("explain", stderr)
 	policies := fs.String("policies", defaultDir, "policy directory or file")
 	reqPath := fs.String("request", "", "the response.create frame (JSON)")
-	statePath := fs.String("state", "", "the turn state (YAML: mode, transport, stage, turn, expected, pending, cached, replay, previous, error, recovery)")
+	statePath := fs.String("state", "", "the turn state (YAML: mode, transport, stage, turn, lane, anchor, pending, cached, replay, previous, error, recovery, response)")
 	stage := fs.String("stage", "", "the stage to evaluate (default: the state's, else pre_send)")
 	showRequest := fs.Bool("show-request", false, "print the resulting request")
 	if err := fs.Parse(args); err != nil {
@@ -91,9 +91,7 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	if out.Reject != nil {
 		fmt.Fprintf(stdout, "rejection: status %d, code %s: %s\n", out.Reject.Status, out.Reject.Code, out.Reject.Message)
 	}
-	if out.ClearAnchor {
-		fmt.Fprintln(stdout, "session anchor: cleared")
-	}
+	printEffects(stdout, &out.Effects)
 	if turn.Error != nil && turn.Error.Class != "" {
 		fmt.Fprintf(stdout, "error class: %s\n", turn.Error.Class)
 	}
@@ -110,6 +108,40 @@ func explain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "\nrequest:\n%s\n", pretty(turn.Request.Bytes()))
 	}
 	return ExitOK
+}
+
+// printEffects prints the state changes the stage asked the gateway for.
+func printEffects(w io.Writer, fx *engine.Effects) {
+	if fx.Anchor != nil {
+		if *fx.Anchor == "" {
+			fmt.Fprintln(w, "session anchor: cleared")
+		} else {
+			fmt.Fprintf(w, "session anchor: %s\n", *fx.Anchor)
+		}
+	}
+	if p := fx.PutPending; p != nil {
+		calls := make([]string, len(p.Calls))
+		for i, c := range p.Calls {
+			calls[i] = c.ID + " (" + c.Kind + ")"
+		}
+		if len(calls) == 0 {
+			calls = []string{"none"}
+		}
+		fmt.Fprintf(w, "pending of %s: %s\n", p.ResponseID, strings.Join(calls, ", "))
+	}
+	if len(fx.DeletePending) > 0 {
+		fmt.Fprintf(w, "pending deleted: %s\n", strings.Join(fx.DeletePending, ", "))
+	}
+	if fx.Transcript != engine.TranscriptKeep {
+		fmt.Fprintf(w, "transcript: %s\n", fx.Transcript)
+	}
+	if c := fx.UpstreamCached; c != nil {
+		if *c == "" {
+			fmt.Fprintln(w, "upstream connection holds: nothing")
+		} else {
+			fmt.Fprintf(w, "upstream connection holds: %s\n", *c)
+		}
+	}
 }
 
 func pretty(b []byte) string {

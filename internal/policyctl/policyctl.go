@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -35,8 +36,12 @@ Usage:
   policyctl test [--policies DIR] [-run RE] [--json] [DIR|FILE…]
                                                      run fixtures (default: policytests)
   policyctl explain --request FILE [--state FILE] [--policies DIR] [--stage S]
-                                                     show each rule's value and its diff
-  policyctl vars                                     list the turn context variables
+                                                     show each rule's value, its diff and
+                                                     the effects (post_response: the state
+                                                     file's response: {id, status, event,
+                                                     output})
+  policyctl vars [--stage S]                         list the turn context variables
+                                                     (of one entry stage)
 
 Exit status: 0 ok, 1 errors, 2 test failures, 3 lint findings.
 `
@@ -55,7 +60,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	case "explain":
 		return explain(args[1:], stdout, stderr)
 	case "vars":
-		return vars(stdout)
+		return vars(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return ExitOK
@@ -189,11 +194,30 @@ func test(args []string, stdout, stderr io.Writer) int {
 	return ExitOK
 }
 
-func vars(stdout io.Writer) int {
+func vars(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("vars", stderr)
+	stage := fs.String("stage", "", "list only the variables of this entry stage (pre_send, on_upstream_error, post_response)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	switch *stage {
+	case "", engine.StagePreSend, engine.StageOnUpstreamError, engine.StagePostResponse:
+	default:
+		fmt.Fprintf(stderr, "policyctl vars: unknown entry stage %q\n", *stage)
+		return exitUsage
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tTYPE\tMEANING")
+	fmt.Fprintln(tw, "NAME\tTYPE\tSTAGES\tMEANING")
 	for _, v := range engine.Variables() {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", v[0], v[1], v[2])
+		stages, _ := engine.VariableStages(v[0])
+		if *stage != "" && stages != nil && !slices.Contains(stages, *stage) {
+			continue
+		}
+		where := "all"
+		if stages != nil {
+			where = strings.Join(stages, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v[0], v[1], where, v[2])
 	}
 	tw.Flush()
 	return ExitOK

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -63,6 +64,20 @@ func TestTestWrongExpectationShowsDiff(t *testing.T) {
 	assert.Contains(t, out, "0 passed, 1 failed")
 }
 
+func TestTestWrongEffectsShowDiff(t *testing.T) {
+	code, out, _ := run("test", "--policies", "../../policies", "testdata/wrong-effects.yaml")
+	assert.Equal(t, ExitFailed, code)
+	for _, want := range []string{
+		`effects.anchor: want "", got "resp_2"`,
+		"effects.pending: want resp_2 [call_B:custom_tool_call], got resp_2 [call_B:function_call]",
+		"effects.delete_pending: want [], got [resp_1]",
+		"effects.transcript: want reset, got clear",
+		`effects.upstream_cached: want "resp_2", got ""`,
+	} {
+		assert.Contains(t, out, want)
+	}
+}
+
 func TestTestRunFilterAndJSON(t *testing.T) {
 	code, out, _ := run("test", "--policies", "../../policies", "-run", "esc/partial-outputs-no-prev$", "--json", "../../policytests")
 	assert.Equal(t, ExitOK, code)
@@ -71,10 +86,17 @@ func TestTestRunFilterAndJSON(t *testing.T) {
 }
 
 func TestTestFixtureTyposFailLoudly(t *testing.T) {
-	for _, f := range []string{"testdata/typo-field.yaml", "testdata/unknown-rule.yaml"} {
-		code, _, errs := run("test", "--policies", "../../policies", f)
-		assert.Equal(t, ExitError, code, f)
-		assert.NotEmpty(t, errs)
+	tests := []struct{ file, want string }{
+		{"testdata/typo-field.yaml", "field fird not found"},
+		{"testdata/unknown-rule.yaml", "unknown rule"},
+		{"testdata/typo-effects-transcript.yaml", `unknown effects.transcript "apend"`},
+		{"testdata/typo-effects-pending.yaml", `unknown field "response"`},
+		{"testdata/response-outside-post-response.yaml", "a response is bookkept only in stage post_response"},
+	}
+	for _, tc := range tests {
+		code, _, errs := run("test", "--policies", "../../policies", tc.file)
+		assert.Equal(t, ExitError, code, tc.file)
+		assert.Contains(t, errs, tc.want, tc.file)
 	}
 	code, _, errs := run("test", "--policies", "../../policies", "-run", "nothing-matches-this", "../../policytests")
 	assert.Equal(t, ExitError, code, "a run with zero cases fails")
@@ -91,6 +113,51 @@ func TestExplainESC(t *testing.T) {
 	assert.Contains(t, out, `+   "previous_response_id": "resp_1"`)
 	assert.Contains(t, out, `+       "call_id": "call_B",`)
 	assert.Contains(t, out, "verdict: send")
+}
+
+func TestExplainPostResponse(t *testing.T) {
+	code, out, errs := run("explain", "--policies", "../../policies",
+		"--request", "testdata/explain/post-response-request.json", "--state", "testdata/explain/post-response-state.yaml")
+	require.Equal(t, ExitOK, code, errs)
+	assert.Contains(t, out, "stage post_response")
+	assert.Regexp(t, `✔\s+\d+ record-pending-calls\s+\[post_response\]\s+when = true`, out)
+	assert.Regexp(t, `\d+ clear-anchor-after-response\s+\[post_response\]\s+when = not evaluated \(group anchor already matched\)`, out)
+	for _, want := range []string{
+		"session anchor: resp_2",
+		"pending of resp_2: call_B (function_call)",
+		"pending deleted: resp_1",
+		"transcript: append",
+		"upstream connection holds: resp_2",
+		"verdict: send",
+	} {
+		assert.Contains(t, out, want)
+	}
+}
+
+func TestVars(t *testing.T) {
+	tests := []struct {
+		args         []string
+		code         int
+		want, absent []string
+	}{
+		{nil, ExitOK, []string{"request.previous_response_id", "error.timeout", "response.unanswered_calls", "session.anchor"}, []string{"session.expected", "request.edits_history"}},
+		{[]string{"--stage", "post_response"}, ExitOK, []string{"response.id", "previous.item_keys"}, []string{"error.code", "recovery.enabled"}},
+		{[]string{"--stage", "pre_send"}, ExitOK, []string{"request.item_keys"}, []string{"response.id", "error.code"}},
+		{[]string{"--stage", "on_upstream_error"}, ExitOK, []string{"error.timeout", "recovery.client_written"}, []string{"response.status"}},
+		{[]string{"--stage", "pairing"}, ExitError, nil, nil},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, out, _ := run(append([]string{"vars"}, tc.args...)...)
+			require.Equal(t, tc.code, code)
+			for _, w := range tc.want {
+				assert.Regexp(t, `(?m)^`+regexp.QuoteMeta(w)+`\s`, out)
+			}
+			for _, a := range tc.absent {
+				assert.NotRegexp(t, `(?m)^`+regexp.QuoteMeta(a)+`\s`, out)
+			}
+		})
+	}
 }
 
 func TestUsageErrors(t *testing.T) {

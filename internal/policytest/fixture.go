@@ -44,16 +44,29 @@ type Case struct {
 	Mode      string    `yaml:"mode"`
 	Transport string    `yaml:"transport"`
 	Request   yaml.Node `yaml:"request"`
-	State     *State    `yaml:"state"`
-	Expect    Expect    `yaml:"expect"`
-	line      int
+	// Response is the response of a post_response case.
+	Response *ResponseState `yaml:"response"`
+	State    *State         `yaml:"state"`
+	Expect   Expect         `yaml:"expect"`
+	line     int
+}
+
+// ResponseState is the response a post_response case bookkeeps; Output holds its output
+// items (YAML mappings).
+type ResponseState struct {
+	ID     string      `yaml:"id"`
+	Status string      `yaml:"status"`
+	Event  string      `yaml:"event"`
+	Output []yaml.Node `yaml:"output"`
 }
 
 // State is the session and upstream state of a case. Missing fields are zero: no anchor,
-// pending unknown, fresh upstream connection, no replay, no previous turn.
+// pending unknown, fresh upstream connection, no replay (the store answered: none), no
+// previous turn, default lane.
 type State struct {
 	Turn     *int           `yaml:"turn"`
-	Expected *string        `yaml:"expected"`
+	Lane     *string        `yaml:"lane"`
+	Anchor   *string        `yaml:"anchor"`
 	Pending  *PendingState  `yaml:"pending"`
 	Cached   *string        `yaml:"cached"`
 	Replay   *ReplayState   `yaml:"replay"`
@@ -70,8 +83,12 @@ type PendingState struct {
 	Calls      []string `yaml:"calls"`
 }
 
-// ReplayState describes the transcript; Items are JSON items (YAML mappings).
+// ReplayState describes the transcript; Items are JSON items (YAML mappings). A given
+// replay is available unless Available is false (the store answered: no transcript); Known
+// false means the store did not answer, and no transcript is available then either.
 type ReplayState struct {
+	Known          *bool       `yaml:"known"`
+	Available      *bool       `yaml:"available"`
 	LastResponseID string      `yaml:"last_response_id"`
 	Trimmed        bool        `yaml:"trimmed"`
 	Items          []yaml.Node `yaml:"items"`
@@ -94,6 +111,8 @@ type ErrorState struct {
 	Message   string `yaml:"message"`
 	Param     string `yaml:"param"`
 	Transport bool   `yaml:"transport"`
+	// Timeout is a first-event or idle timeout; it implies Transport.
+	Timeout bool `yaml:"timeout"`
 }
 
 // RecoveryState is the recovery state; Enabled defaults to true.
@@ -115,6 +134,30 @@ type Expect struct {
 	Reject      *Reject   `yaml:"reject"`
 	ClearAnchor *bool     `yaml:"clear_anchor"`
 	Class       string    `yaml:"class"`
+	Effects     *Effects  `yaml:"effects"`
+}
+
+// Effects are the expected state changes of a stage. Only the fields given are checked; an
+// empty list or "keep" checks that nothing happened.
+type Effects struct {
+	// Anchor is the new anchor; "" means cleared.
+	Anchor *string `yaml:"anchor"`
+	// Pending is the recorded pending entry (a PendingEffect); `pending: null` checks that
+	// none was recorded.
+	Pending       yaml.Node `yaml:"pending"`
+	DeletePending *[]string `yaml:"delete_pending"`
+	// Transcript is keep, append, reset or clear.
+	Transcript     string  `yaml:"transcript"`
+	UpstreamCached *string `yaml:"upstream_cached"`
+}
+
+// PendingEffect is an expected record_pending. Calls are "call_id" or "call_id:kind"
+// (kind defaults to function_call).
+type PendingEffect struct {
+	ResponseID string   `yaml:"response_id"`
+	Calls      []string `yaml:"calls"`
+	// none is set by `pending: null`: no record is expected.
+	none bool
 }
 
 // Reject is the expected rejection.
@@ -249,6 +292,12 @@ func BuildTurn(f *File, c *Case) (*engine.Turn, error) {
 		Transport: firstNonEmpty(c.Transport, f.Defaults.Transport, engine.TransportWebSocket),
 		Number:    1,
 		Recovery:  engine.Recovery{Enabled: true},
+		Replay:    engine.Replay{Known: true},
+	}
+	if c.Response != nil {
+		if t.Response, err = responseOf(c.Response); err != nil {
+			return nil, err
+		}
 	}
 	for _, st := range []*State{f.Defaults.State, c.State} {
 		if st == nil {
@@ -265,8 +314,11 @@ func applyState(t *engine.Turn, st *State) error {
 	if st.Turn != nil {
 		t.Number = *st.Turn
 	}
-	if st.Expected != nil {
-		t.Expected = *st.Expected
+	if st.Lane != nil {
+		t.Lane = *st.Lane
+	}
+	if st.Anchor != nil {
+		t.Anchor = *st.Anchor
 	}
 	if st.Cached != nil {
 		t.Cached = *st.Cached
@@ -277,7 +329,7 @@ func applyState(t *engine.Turn, st *State) error {
 			t.Pending.Known = *p.Known
 		}
 		if t.Pending.ResponseID == "" {
-			t.Pending.ResponseID = t.Expected
+			t.Pending.ResponseID = t.Anchor
 		}
 		for _, c := range p.Calls {
 			id, kind, ok := strings.Cut(c, ":")
@@ -288,14 +340,11 @@ func applyState(t *engine.Turn, st *State) error {
 		}
 	}
 	if r := st.Replay; r != nil {
-		t.Replay = engine.Replay{Available: true, LastResponseID: r.LastResponseID, Trimmed: r.Trimmed, Items: []responses.Item{}}
-		for i := range r.Items {
-			it, err := itemOf(&r.Items[i])
-			if err != nil {
-				return fmt.Errorf("replay item %d: %w", i, err)
-			}
-			t.Replay.Items = append(t.Replay.Items, it)
+		replay, err := replayOf(r)
+		if err != nil {
+			return err
 		}
+		t.Replay = replay
 	}
 	if p := st.Previous; p != nil {
 		prev := &engine.Previous{FieldDigests: map[string]uint64{}}
@@ -323,7 +372,8 @@ func applyState(t *engine.Turn, st *State) error {
 		t.Previous = prev
 	}
 	if e := st.Error; e != nil {
-		t.Error = &engine.UpstreamError{Status: e.Status, Type: e.Type, Code: e.Code, Message: e.Message, Param: e.Param, Transport: e.Transport}
+		t.Error = &engine.UpstreamError{Status: e.Status, Type: e.Type, Code: e.Code, Message: e.Message, Param: e.Param,
+			Transport: e.Transport || e.Timeout, Timeout: e.Timeout}
 	}
 	if r := st.Recovery; r != nil {
 		t.Recovery = engine.Recovery{Enabled: true, Attempted: r.Attempted, ClientWritten: r.ClientWritten}
@@ -332,6 +382,39 @@ func applyState(t *engine.Turn, st *State) error {
 		}
 	}
 	return nil
+}
+
+// replayOf builds the transcript of a replay state.
+func replayOf(r *ReplayState) (engine.Replay, error) {
+	known := r.Known == nil || *r.Known
+	if !known || (r.Available != nil && !*r.Available) {
+		if r.LastResponseID != "" || r.Trimmed || len(r.Items) > 0 {
+			return engine.Replay{}, fmt.Errorf("replay: known: false and available: false describe no transcript; drop last_response_id, trimmed and items")
+		}
+		return engine.Replay{Known: known}, nil
+	}
+	replay := engine.Replay{Known: true, Available: true, LastResponseID: r.LastResponseID, Trimmed: r.Trimmed, Items: []responses.Item{}}
+	for i := range r.Items {
+		it, err := itemOf(&r.Items[i])
+		if err != nil {
+			return engine.Replay{}, fmt.Errorf("replay item %d: %w", i, err)
+		}
+		replay.Items = append(replay.Items, it)
+	}
+	return replay, nil
+}
+
+// responseOf builds the response of a post_response case.
+func responseOf(r *ResponseState) (*engine.Response, error) {
+	resp := &engine.Response{ID: r.ID, Status: r.Status, Event: r.Event}
+	for i := range r.Output {
+		it, err := itemOf(&r.Output[i])
+		if err != nil {
+			return nil, fmt.Errorf("response output item %d: %w", i, err)
+		}
+		resp.Items = append(resp.Items, it)
+	}
+	return resp, nil
 }
 
 func itemOf(n *yaml.Node) (responses.Item, error) {
@@ -352,11 +435,12 @@ func firstNonEmpty(s ...string) string {
 }
 
 // ExplainState is the --state file of policyctl explain: the fixture state plus the mode,
-// transport and stage.
+// transport, stage and, for post_response, the response.
 type ExplainState struct {
-	Mode      string `yaml:"mode"`
-	Transport string `yaml:"transport"`
-	Stage     string `yaml:"stage"`
+	Mode      string         `yaml:"mode"`
+	Transport string         `yaml:"transport"`
+	Stage     string         `yaml:"stage"`
+	Response  *ResponseState `yaml:"response"`
 	State     `yaml:",inline"`
 }
 
@@ -380,6 +464,12 @@ func BuildExplainTurn(request, state []byte) (*engine.Turn, string, error) {
 		Transport: firstNonEmpty(es.Transport, engine.TransportWebSocket),
 		Number:    1,
 		Recovery:  engine.Recovery{Enabled: true},
+		Replay:    engine.Replay{Known: true},
+	}
+	if es.Response != nil {
+		if t.Response, err = responseOf(es.Response); err != nil {
+			return nil, "", err
+		}
 	}
 	if err := applyState(t, &es.State); err != nil {
 		return nil, "", err

@@ -9,7 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"chainmend/engine"
+	"chainmend/responses"
 )
 
 // Result is the result of one case.
@@ -35,22 +38,45 @@ type Report struct {
 	Unfired []string `json:"unfired"`
 }
 
+// Options configure RunWith.
+type Options struct {
+	// Filter selects the cases whose file/case name matches; nil runs every case.
+	Filter *regexp.Regexp
+	// OutcomeOnly judges a case by what the policies did, not by which rules did it: the
+	// expectations that name rules (fired, not_fired, ignore_fired) are ignored, and so are
+	// names that the policy set does not know. A mutation test uses it to ask whether
+	// deleting a rule changes behaviour rather than merely the list of fired rules.
+	OutcomeOnly bool
+	// IgnoreReasons also ignores expect.reasons (the metric labels).
+	IgnoreReasons bool
+}
+
 // Run evaluates every case whose file/case name matches filter (nil: all). A fixture that
 // names an unknown rule is an error, not a failure: the fixture itself is wrong.
 func Run(snap *engine.Snapshot, files []*File, filter *regexp.Regexp) (*Report, error) {
+	return RunWith(snap, files, Options{Filter: filter})
+}
+
+// RunWith evaluates the cases with options.
+func RunWith(snap *engine.Snapshot, files []*File, opts Options) (*Report, error) {
 	rep := &Report{}
 	fired := map[string]bool{}
 	for _, f := range files {
 		for i := range f.Cases {
 			c := &f.Cases[i]
-			if err := checkRuleIDs(snap, f, c); err != nil {
+			if !opts.OutcomeOnly {
+				if err := checkRuleIDs(snap, f, c); err != nil {
+					return nil, err
+				}
+			}
+			if err := checkExpect(f, c); err != nil {
 				return nil, err
 			}
 			name := f.Name + "/" + c.Name
-			if filter != nil && !filter.MatchString(name) {
+			if opts.Filter != nil && !opts.Filter.MatchString(name) {
 				continue
 			}
-			res, err := runCase(snap, f, c)
+			res, err := runCase(snap, f, c, opts)
 			if err != nil {
 				return nil, fmt.Errorf("%s:%d: case %q: %w", f.path, c.line, c.Name, err)
 			}
@@ -93,15 +119,32 @@ func checkRuleIDs(snap *engine.Snapshot, f *File, c *Case) error {
 			}
 		}
 	}
+	return nil
+}
+
+// checkExpect refuses expectations that can never be met: an unknown verdict, transcript
+// operation or pending shape.
+func checkExpect(f *File, c *Case) error {
+	if fx := c.Expect.Effects; fx != nil {
+		if _, ok := transcriptOps[fx.Transcript]; !ok && fx.Transcript != "" {
+			return fmt.Errorf("%s:%d: case %q: unknown effects.transcript %q (known: keep, append, reset, clear)", f.path, c.line, c.Name, fx.Transcript)
+		}
+		if _, err := pendingEffect(&fx.Pending); err != nil {
+			return fmt.Errorf("%s:%d: case %q: effects.pending: %w", f.path, c.line, c.Name, err)
+		}
+	}
 	switch v := c.Expect.Verdict; v {
 	case "", string(engine.VerdictSend), string(engine.VerdictReject), string(engine.VerdictRetry), string(engine.VerdictForward):
 	default:
 		return fmt.Errorf("%s:%d: case %q: unknown verdict %q", f.path, c.line, c.Name, v)
 	}
+	if c.Response != nil && firstNonEmpty(c.Stage, f.Defaults.Stage) != engine.StagePostResponse {
+		return fmt.Errorf("%s:%d: case %q: a response is bookkept only in stage %s", f.path, c.line, c.Name, engine.StagePostResponse)
+	}
 	return nil
 }
 
-func runCase(snap *engine.Snapshot, f *File, c *Case) (Result, error) {
+func runCase(snap *engine.Snapshot, f *File, c *Case, opts Options) (Result, error) {
 	res := Result{File: f.Name, Case: c.Name, Line: c.line}
 	t, err := BuildTurn(f, c)
 	if err != nil {
@@ -124,10 +167,10 @@ func runCase(snap *engine.Snapshot, f *File, c *Case) (Result, error) {
 		fail("verdict: want %s, got %s", e.Verdict, out.Verdict)
 	}
 	shown := slices.DeleteFunc(slices.Clone(res.Fired), func(id string) bool { return slices.Contains(f.Defaults.Ignore, id) })
-	if e.Fired != nil && !slices.Equal(shown, *e.Fired) {
+	if e.Fired != nil && !opts.OutcomeOnly && !slices.Equal(shown, *e.Fired) {
 		fail("fired rules:\n\t\twant %s\n\t\tgot  %s", list(*e.Fired), list(shown))
 	}
-	if e.Reasons != nil {
+	if e.Reasons != nil && !opts.IgnoreReasons {
 		var reasons []string
 		for _, fr := range out.Fired {
 			if !slices.Contains(f.Defaults.Ignore, fr.Rule) {
@@ -139,7 +182,7 @@ func runCase(snap *engine.Snapshot, f *File, c *Case) (Result, error) {
 		}
 	}
 	for _, id := range e.NotFired {
-		if slices.Contains(res.Fired, id) {
+		if !opts.OutcomeOnly && slices.Contains(res.Fired, id) {
 			fail("rule %s fired but must not", id)
 		}
 	}
@@ -159,8 +202,17 @@ func runCase(snap *engine.Snapshot, f *File, c *Case) (Result, error) {
 			}
 		}
 	}
-	if e.ClearAnchor != nil && out.ClearAnchor != *e.ClearAnchor {
-		fail("clear_anchor: want %v, got %v", *e.ClearAnchor, out.ClearAnchor)
+	if e.ClearAnchor != nil && out.ClearsAnchor() != *e.ClearAnchor {
+		fail("clear_anchor: want %v, got %v", *e.ClearAnchor, out.ClearsAnchor())
+	}
+	if e.Effects != nil {
+		diffs, err := effectsDiff(e.Effects, &out.Effects)
+		if err != nil {
+			return res, fmt.Errorf("expect.effects: %w", err)
+		}
+		for _, d := range diffs {
+			fail("%s", d)
+		}
 	}
 	if e.Class != "" {
 		got := ""
@@ -199,6 +251,105 @@ func runCase(snap *engine.Snapshot, f *File, c *Case) (Result, error) {
 	}
 	res.Passed = len(res.Failures) == 0
 	return res, nil
+}
+
+var transcriptOps = map[string]engine.TranscriptOp{
+	"keep":   engine.TranscriptKeep,
+	"append": engine.TranscriptAppend,
+	"reset":  engine.TranscriptReset,
+	"clear":  engine.TranscriptClear,
+}
+
+// pendingEffect decodes expect.effects.pending: nil and false for an absent key, nil and
+// true for `pending: null`.
+func pendingEffect(n *yaml.Node) (*PendingEffect, error) {
+	if n.Kind == 0 {
+		return nil, nil
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return &PendingEffect{none: true}, nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: want a mapping with response_id and calls, or null", n.Line)
+	}
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i].Value; k != "response_id" && k != "calls" {
+			return nil, fmt.Errorf("line %d: unknown field %q (known: response_id, calls)", n.Content[i].Line, k)
+		}
+	}
+	var pe PendingEffect
+	if err := n.Decode(&pe); err != nil {
+		return nil, err
+	}
+	if pe.ResponseID == "" {
+		return nil, fmt.Errorf("line %d: response_id is required (write `pending: null` for no record)", n.Line)
+	}
+	return &pe, nil
+}
+
+// effectsDiff reports where the effects of a stage differ from the expected ones.
+func effectsDiff(want *Effects, got *engine.Effects) ([]string, error) {
+	var out []string
+	if want.Anchor != nil {
+		switch {
+		case got.Anchor == nil:
+			out = append(out, fmt.Sprintf("effects.anchor: want %q, got unchanged", *want.Anchor))
+		case *got.Anchor != *want.Anchor:
+			out = append(out, fmt.Sprintf("effects.anchor: want %q, got %q", *want.Anchor, *got.Anchor))
+		}
+	}
+	pe, err := pendingEffect(&want.Pending)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case pe == nil:
+	case pe.none && got.PutPending != nil:
+		out = append(out, fmt.Sprintf("effects.pending: want none, got %s", pendingString(got.PutPending)))
+	case pe.none:
+	case got.PutPending == nil:
+		out = append(out, fmt.Sprintf("effects.pending: want %s, got none", pe.String()))
+	default:
+		if w, g := pe.String(), pendingString(got.PutPending); w != g {
+			out = append(out, fmt.Sprintf("effects.pending: want %s, got %s", w, g))
+		}
+	}
+	if want.DeletePending != nil && !slices.Equal(*want.DeletePending, got.DeletePending) {
+		out = append(out, fmt.Sprintf("effects.delete_pending: want %s, got %s", list(*want.DeletePending), list(got.DeletePending)))
+	}
+	if want.Transcript != "" && transcriptOps[want.Transcript] != got.Transcript {
+		out = append(out, fmt.Sprintf("effects.transcript: want %s, got %s", want.Transcript, got.Transcript))
+	}
+	if want.UpstreamCached != nil {
+		switch {
+		case got.UpstreamCached == nil:
+			out = append(out, fmt.Sprintf("effects.upstream_cached: want %q, got unchanged", *want.UpstreamCached))
+		case *got.UpstreamCached != *want.UpstreamCached:
+			out = append(out, fmt.Sprintf("effects.upstream_cached: want %q, got %q", *want.UpstreamCached, *got.UpstreamCached))
+		}
+	}
+	return out, nil
+}
+
+// String formats an expected pending entry as pendingString does a recorded one.
+func (pe *PendingEffect) String() string {
+	calls := make([]engine.PendingCall, 0, len(pe.Calls))
+	for _, c := range pe.Calls {
+		id, kind, ok := strings.Cut(c, ":")
+		if !ok {
+			kind = responses.TypeFunctionCall
+		}
+		calls = append(calls, engine.PendingCall{ID: id, Kind: kind})
+	}
+	return pendingString(&engine.PendingPut{ResponseID: pe.ResponseID, Calls: calls})
+}
+
+func pendingString(p *engine.PendingPut) string {
+	calls := make([]string, len(p.Calls))
+	for i, c := range p.Calls {
+		calls[i] = c.ID + ":" + c.Kind
+	}
+	return p.ResponseID + " " + list(calls)
 }
 
 // subsetDiff reports where actual does not contain want: objects match when every wanted key

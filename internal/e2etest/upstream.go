@@ -1,4 +1,8 @@
-package e2e
+// Package e2etest holds the end-to-end helpers that both end-to-end suites use (the
+// in-process one in gateway/ and the process-level one in e2e/): scripted models for the
+// upstream emulator and summaries of what the emulator received. It is a test harness:
+// only _test.go files and e2e/ import it, never the runtime.
+package e2etest
 
 import (
 	"encoding/json"
@@ -44,15 +48,6 @@ func Summary(frame []byte) []string {
 		}
 	}
 	return out
-}
-
-// PrevOf returns the previous_response_id of a create frame.
-func PrevOf(frame []byte) string {
-	var m struct {
-		Prev string `json:"previous_response_id"`
-	}
-	_ = json.Unmarshal(frame, &m)
-	return m.Prev
 }
 
 // Paired checks the effective context of a create the emulator accepted: every call has

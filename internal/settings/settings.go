@@ -1,4 +1,10 @@
-package gateway
+// Package settings is the process-level configuration shared by cmd/gateway and the load
+// tool's gateway child: the command line, environment and YAML file parsed into one value,
+// and the wiring that turns it into a running gateway (state store, server, reloader with
+// its reload gate). It lives outside gateway/ so that the gateway package is configured
+// only through gateway.Config and options, and never learns about flags, files or fixture
+// harnesses.
+package settings
 
 import (
 	"bytes"
@@ -12,22 +18,30 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
+	"chainmend/gateway"
 	"chainmend/statestore"
 )
 
-// Settings are the command line of cmd/gateway: the Config plus process-level options.
+// Settings are the command line of cmd/gateway: the gateway's Config plus process-level
+// options.
 type Settings struct {
-	Config
+	gateway.Config
+	// ConfigFile is the YAML file the settings were read from, if any.
 	ConfigFile string
-	LogLevel   string
-	LogFormat  string
+	// LogLevel and LogFormat configure the process logger (gateway.NewLogger).
+	LogLevel  string
+	LogFormat string
+	// ReloadGate is a fixture directory a new policy set must pass before it is activated;
+	// empty: compile only. It is a process option, not a gateway one, because the fixture
+	// harness that runs it must never be part of the gateway package.
+	ReloadGate string
 }
 
-// ParseSettings reads the configuration from, in rising precedence: defaults, a YAML file
-// (--config or GATEWAY_CONFIG), the environment (GATEWAY_LISTEN, GATEWAY_UPSTREAM, …: the
-// flag name upper-cased, dashes as underscores), and flags.
-func ParseSettings(args []string, getenv func(string) string, stderr io.Writer) (*Settings, error) {
-	st := &Settings{Config: DefaultConfig(), LogLevel: "info", LogFormat: "text"}
+// Parse reads the settings from, in rising precedence: defaults, a YAML file (--config or
+// GATEWAY_CONFIG), the environment (GATEWAY_LISTEN, GATEWAY_UPSTREAM, …: the flag name
+// upper-cased, dashes as underscores), and flags. Usage and flag errors go to stderr.
+func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settings, error) {
+	st := &Settings{Config: gateway.DefaultConfig(), LogLevel: "info", LogFormat: "text"}
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &st.Config
@@ -53,8 +67,13 @@ func ParseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	fs.IntVar(&c.MaxTenantConnections, "max-tenant-connections", c.MaxTenantConnections, "open client connections per tenant (credential)")
 	fs.IntVar(&c.MaxQueuedFrames, "max-queued-frames", c.MaxQueuedFrames, "frames a client may queue while its turn is in flight")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "how long in-flight turns may finish after SIGTERM")
-	fs.StringVar(&c.ReloadGate, "reload-gate", c.ReloadGate, "fixture directory a new policy set must pass before it is activated (empty: compile only)")
+	fs.StringVar(&st.ReloadGate, "reload-gate", st.ReloadGate, "fixture directory a new policy set must pass before it is activated (empty: compile only)")
 	fs.DurationVar(&c.ReloadPoll, "reload-poll", c.ReloadPoll, "checksum poll of the policy directory, a safety net under file events")
+	fs.Func("session-headers", fmt.Sprintf("comma-separated headers that name a client's session, read in order; then prompt_cache_key, then the connection (default %q; \"none\" reads no header)", strings.Join(gateway.DefaultSessionHeaders, ",")),
+		func(v string) error {
+			c.SessionHeaders = splitHeaders(v)
+			return nil
+		})
 	fs.StringVar(&st.LogLevel, "log-level", st.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&st.LogFormat, "log-format", st.LogFormat, "text or json")
 
@@ -106,7 +125,8 @@ func ParseSettings(args []string, getenv func(string) string, stderr io.Writer) 
 	return st, nil
 }
 
-// applyYAML sets flags from a YAML mapping whose keys are the flag names with underscores.
+// applyYAML sets flags from a YAML mapping whose keys are the flag names with underscores,
+// so that the file, the environment and the command line can never disagree on a name.
 func applyYAML(fs *flag.FlagSet, data []byte) error {
 	var m map[string]yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -129,9 +149,10 @@ func applyYAML(fs *flag.FlagSet, data []byte) error {
 	return nil
 }
 
-// OpenStore builds the state store the settings describe (Redis when a URL is given, else
-// the embedded local store), with its metrics on reg; extra options come last.
-func (st *Settings) OpenStore(log *slog.Logger, reg prometheus.Registerer, extra ...statestore.Option) (*statestore.Tiered, error) {
+// openStore builds the state store the settings describe (Redis when a URL is given, else
+// the embedded local store), with its metrics on reg; extra options come last so that a
+// caller can add hooks without restating the settings.
+func (st *Settings) openStore(log *slog.Logger, reg prometheus.Registerer, extra ...statestore.Option) (*statestore.Tiered, error) {
 	opts := []statestore.Option{
 		statestore.WithRedisURL(st.Redis),
 		statestore.WithRegisterer(reg),
@@ -147,4 +168,41 @@ func (st *Settings) OpenStore(log *slog.Logger, reg prometheus.Registerer, extra
 		return nil, fmt.Errorf("state store: %w", err)
 	}
 	return store, nil
+}
+
+// NewGateway builds the gateway the settings describe: the state store (extra store
+// options come last), the server with its metrics on reg, and the reloader, gated by the
+// fixtures of ReloadGate when it is set. No policy set is active yet: the caller's first
+// Reload activates one, through the same gate and metrics as every later reload. Closing
+// the server closes the store.
+func (st *Settings) NewGateway(log *slog.Logger, reg *prometheus.Registry, extra ...statestore.Option) (*gateway.Server, *gateway.Reloader, error) {
+	store, err := st.openStore(log, reg, extra...)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
+	if err != nil {
+		_ = store.Close()
+		return nil, nil, err
+	}
+	var opts []gateway.ReloaderOption
+	if st.ReloadGate != "" {
+		opts = append(opts, gateway.WithReloadGate(FixtureGate(st.ReloadGate)))
+	}
+	return srv, gateway.NewReloader(srv, opts...), nil
+}
+
+// splitHeaders reads a comma-separated header list; "none" (or an empty value) is the empty
+// list, which reads no header at all.
+func splitHeaders(v string) []string {
+	out := []string{}
+	if strings.TrimSpace(v) == "none" {
+		return out
+	}
+	for _, h := range strings.Split(v, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			out = append(out, h)
+		}
+	}
+	return out
 }

@@ -1,0 +1,285 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"chainmend/engine"
+	"chainmend/responses"
+)
+
+// transport moves one client connection's bytes for the turn driver: the client side it
+// writes to and the upstream it sends to. It decides nothing; the driver and the rules do.
+type transport interface {
+	// kind is engine.TransportWebSocket or engine.TransportHTTP.
+	kind() string
+	// cached is what the upstream connection the next send would use holds for the lane,
+	// "" when that send needs a new connection. It never dials.
+	cached(l *laneState) string
+	// hold records what the upstream connection now holds for the lane (set_upstream_cached).
+	hold(l *laneState, responseID string)
+	// send puts a payload on the upstream; fresh replaces the upstream connection first.
+	send(ctx context.Context, payload []byte, fresh bool) (exchange, error)
+	// relay writes one upstream event to the client; more says further events are already
+	// waiting, so the write may be held and go out with them.
+	relay(ev *upstreamEvent, more bool) error
+	// flush writes out whatever relay held.
+	flush() error
+	// writeError answers the client with an error: the upstream's own event when raw is set,
+	// else one built from e.
+	writeError(e responses.ErrorBody, raw *upstreamEvent) error
+	// dropUpstream discards the upstream connection (it failed, timed out, or the client left
+	// in the middle of a response).
+	dropUpstream()
+}
+
+// exchange is one request in flight upstream.
+type exchange interface {
+	// next waits up to wait for the next upstream event. It fails with errUpstreamTimeout,
+	// errClientGone (ctx ended), or the transport's error.
+	next(ctx context.Context, wait time.Duration) (*upstreamEvent, error)
+	// more reports whether further events are already buffered.
+	more() bool
+	// close releases what the exchange holds.
+	close()
+}
+
+// upstreamEvent is one thing the upstream said: a server event, an HTTP error body, or the
+// response object of a response that was not streamed.
+type upstreamEvent struct {
+	// data is the event's JSON.
+	data []byte
+	// raw is what the client gets as is: the frame (WebSocket) or the event block (SSE).
+	raw []byte
+	// kind is the event type ("" for a response object).
+	kind string
+	// status is the HTTP status of an error body (HTTP); 0 otherwise.
+	status int
+	// object marks the body of a non-streamed response: the response object itself.
+	object bool
+}
+
+// isError reports whether the event is the upstream refusing the request.
+func (ev *upstreamEvent) isError() bool { return ev.status >= 400 || ev.kind == responses.EventError }
+
+// errorBody reads the error the upstream sent.
+func (ev *upstreamEvent) errorBody() responses.ErrorBody {
+	if ev.status >= 400 {
+		if eb, ok := responses.ParseErrorBody(ev.data, ev.status); ok {
+			return eb
+		}
+		return responses.ErrorBody{Status: ev.status, Message: strings.TrimSpace(string(ev.data))}
+	}
+	if pe, err := responses.ParseEvent(ev.data); err == nil && pe.Error != nil {
+		return *pe.Error
+	}
+	return responses.ErrorBody{Message: "malformed upstream error event"}
+}
+
+var (
+	// errUpstreamTimeout ends a wait for an upstream event that took too long.
+	errUpstreamTimeout = errors.New("upstream timeout")
+	// errClientGone ends a turn whose client went away.
+	errClientGone = errors.New("client gone")
+)
+
+// failure is how an attempt failed: an error event, or no event at all.
+type failure struct {
+	ev  *upstreamEvent
+	err error
+}
+
+// drive runs one turn from the parsed request to its end: pre_send, the upstream, the
+// relay, on_upstream_error until the rules forward or give up, and post_response on the
+// terminal event. Both transports come here; it returns the turn's outcome label.
+func (s *Server) drive(ctx context.Context, tr transport, lane *laneState, req *responses.Request, connID string, hdr http.Header) string {
+	snap := s.snap.Load()
+	if snap == nil {
+		_ = tr.writeError(responses.ErrorBody{Status: http.StatusServiceUnavailable, Type: "server_error",
+			Code: "policies_not_loaded", Message: "the gateway has no active policy set yet"}, nil)
+		return "rejected"
+	}
+	d := s.newTurn(ctx, tr, lane, req, s.scopeOf(hdr, req, connID), snap)
+	outcome := d.run(ctx)
+	s.metrics.turns.WithLabelValues(tr.kind(), outcome).Inc()
+	elapsed := time.Since(d.began)
+	s.metrics.turnSeconds.WithLabelValues(tr.kind()).Observe(elapsed.Seconds())
+	s.log.Info("turn", "transport", tr.kind(), "session", d.scope.Session, "lane", lane.name, "turn", d.t.Number,
+		"reasons", strings.Join(d.reasons, ","), "outcome", outcome, "ms", float64(elapsed.Microseconds())/1000, "set", snap.Hash)
+	return outcome
+}
+
+func (d *turn) run(ctx context.Context) string {
+	out := d.evaluate(engine.StagePreSend, d.t)
+	if out.Verdict == engine.VerdictReject {
+		d.commit(ctx)
+		_ = d.tr.writeError(rejection(out.Reject), nil)
+		return "rejected"
+	}
+	fresh := false
+	for {
+		outcome, f := d.attempt(ctx, fresh)
+		if f == nil {
+			return outcome
+		}
+		if errors.Is(f.err, errClientGone) {
+			d.tr.dropUpstream()
+			d.commit(ctx)
+			return "client_gone"
+		}
+		if f.ev == nil {
+			// No answer, or a broken connection: it cannot take the next turn.
+			d.tr.dropUpstream()
+		}
+		retry, outcome := d.recover(ctx, f)
+		if !retry {
+			return outcome
+		}
+		// Every retry goes out on a fresh upstream connection.
+		fresh = true
+	}
+}
+
+// attempt sends the turn's payload and relays the upstream's events until the terminal one
+// (bookkept, then written: the outcome) or a failure.
+func (d *turn) attempt(ctx context.Context, fresh bool) (string, *failure) {
+	cfg := &d.srv.cfg
+	ex, err := d.tr.send(ctx, d.t.Request.Bytes(), fresh)
+	if err != nil {
+		return "", &failure{err: err}
+	}
+	defer ex.close()
+	d.srv.metrics.toUpstream.Inc()
+	// Whatever relay held goes out before the terminal event or the error.
+	defer func() { _ = d.tr.flush() }()
+	var items []responses.Item
+	wait := cfg.FirstEventTimeout
+	for {
+		ev, err := ex.next(ctx, wait)
+		if err != nil {
+			return "", &failure{err: err}
+		}
+		if ev.isError() {
+			return "", &failure{ev: ev}
+		}
+		var resp *engine.Response
+		switch {
+		case ev.object:
+			pe, _ := responses.ParseResponseObject(ev.data)
+			resp = responseOf("", pe, nil)
+		case ev.kind == responses.EventOutputItemDone:
+			if pe, err := responses.ParseEvent(ev.data); err == nil && pe.Item != nil {
+				items = append(items, *pe.Item)
+			}
+		case responses.IsTerminal(ev.kind):
+			pe, err := responses.ParseEvent(ev.data)
+			if err == nil {
+				if pe.Item != nil {
+					items = append(items, *pe.Item)
+				}
+				resp = responseOf(ev.kind, pe, items)
+			}
+		}
+		if resp != nil {
+			// The books before the terminal event: a client that reacts to it (on this or
+			// another connection or instance) finds the session's state committed.
+			d.bookkeep(resp)
+			d.commit(ctx)
+			if d.attempted {
+				d.srv.metrics.recoveries.WithLabelValues(d.recovery, "succeeded").Inc()
+			}
+			if err := d.tr.relay(ev, false); err != nil {
+				d.tr.dropUpstream()
+				return "client_gone", nil
+			}
+			if err := d.tr.flush(); err != nil {
+				d.tr.dropUpstream()
+				return "client_gone", nil
+			}
+			d.srv.metrics.toClient.Inc()
+			// The outcome is a metric label, not a decision: the rules above did the books.
+			if ev.kind == responses.EventCompleted || resp.Status == responses.StatusCompleted {
+				return "completed", nil
+			}
+			return "failed", nil
+		}
+		if err := d.tr.relay(ev, ex.more()); err != nil {
+			return "", &failure{err: errClientGone}
+		}
+		d.srv.metrics.toClient.Inc()
+		d.clientWritten = true
+		wait = cfg.IdleTimeout
+	}
+}
+
+// recover puts a failure through on_upstream_error: the rules retry (true), or answer the
+// client, with the upstream's own error or one they chose; the outcome says how the turn ended.
+func (d *turn) recover(ctx context.Context, f *failure) (bool, string) {
+	e := &engine.UpstreamError{}
+	if f.ev != nil {
+		eb := f.ev.errorBody()
+		e = &engine.UpstreamError{Status: eb.Status, Type: eb.Type, Code: eb.Code, Message: eb.Message, Param: eb.Param}
+	} else {
+		e.Transport = true
+		e.Timeout = errors.Is(f.err, errUpstreamTimeout)
+		e.Message = f.err.Error()
+	}
+	rt := *d.t
+	rt.Request = d.t.Request.Clone()
+	rt.Error = e
+	rt.Cached = d.tr.cached(d.lane)
+	rt.Recovery = engine.Recovery{Enabled: d.srv.cfg.Recovery, Attempted: d.attempted, ClientWritten: d.clientWritten}
+	rt.Replayed = false
+	out := d.evaluate(engine.StageOnUpstreamError, &rt)
+	reason := lastReason(out.Reasons())
+	if out.Verdict == engine.VerdictRetry {
+		d.srv.metrics.recoveries.WithLabelValues(reason, "retried").Inc()
+		d.attempted, d.recovery = true, reason
+		d.t = &rt
+		return true, ""
+	}
+	result := "forwarded"
+	if d.attempted {
+		result = "failed"
+	}
+	d.srv.metrics.recoveries.WithLabelValues(reason, result).Inc()
+	d.commit(ctx)
+	if out.Verdict == engine.VerdictReject {
+		_ = d.tr.writeError(rejection(out.Reject), nil)
+	} else {
+		_ = d.tr.writeError(forwarded(e), f.ev)
+	}
+	switch {
+	case e.Timeout:
+		return false, "upstream_timeout"
+	case d.clientWritten:
+		return false, "upstream_error"
+	case out.Verdict == engine.VerdictReject:
+		return false, "rejected"
+	}
+	return false, "error_forwarded"
+}
+
+// forwarded is the error a forward verdict sends when the upstream sent none of its own (a
+// transport failure): the failure's facts, as an error with a status.
+func forwarded(e *engine.UpstreamError) responses.ErrorBody {
+	eb := responses.ErrorBody{Status: e.Status, Type: e.Type, Code: e.Code, Message: e.Message, Param: e.Param}
+	if eb.Status == 0 {
+		eb.Status = http.StatusBadGateway
+	}
+	if eb.Type == "" {
+		eb.Type = "server_error"
+	}
+	return eb
+}
+
+// lastReason is the reason of the decisive rule: the last one that fired.
+func lastReason(reasons []string) string {
+	if len(reasons) == 0 {
+		return "none"
+	}
+	return reasons[len(reasons)-1]
+}
