@@ -40,6 +40,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 			return "already " + v, false
 		}
 		req.SetString("previous_response_id", v)
+		if !ev.cfg.trace {
+			return "", true
+		}
 		return "set to " + v, true
 	case ActDropPrev:
 		if !req.Delete("previous_response_id") {
@@ -56,6 +59,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 			return argErr(err)
 		}
 		n := insertOutputs(t, calls, text, a.Word)
+		if !ev.cfg.trace {
+			return "", n > 0
+		}
 		return fmt.Sprintf("inserted %d output(s) %q for %s", n, text, strings.Join(calls, ", ")), n > 0
 	case ActRemoveOutputs:
 		calls, err := ev.evalList(a.args["calls"])
@@ -63,6 +69,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 			return argErr(err)
 		}
 		n := req.RemoveItems(func(it *responses.Item) bool { return it.IsOutput() && contains(calls, it.CallID) })
+		if !ev.cfg.trace {
+			return "", n > 0
+		}
 		return fmt.Sprintf("removed %d output(s) for %s", n, strings.Join(calls, ", ")), n > 0
 	case ActReplay:
 		return ev.replay()
@@ -107,6 +116,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 		if v == "" {
 			return "anchor cleared", true
 		}
+		if !ev.cfg.trace {
+			return "", true
+		}
 		return "anchor " + v, true
 	case ActRecordPending:
 		calls, err := ev.evalList(a.args["calls"])
@@ -126,6 +138,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 				fx.DeletePending = append(fx.DeletePending, id)
 				n++
 			}
+		}
+		if !ev.cfg.trace {
+			return "", n > 0
 		}
 		return fmt.Sprintf("delete pending of %s", strings.Join(ids, ", ")), n > 0
 	case ActAppendTranscript:
@@ -148,9 +163,15 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 		if v == "" {
 			return "the upstream connection holds nothing", true
 		}
+		if !ev.cfg.trace {
+			return "", true
+		}
 		return "the upstream connection holds " + v, true
 	case ActRunStage:
 		ev.runStage(a.Word, depth+1)
+		if !ev.cfg.trace {
+			return "", true
+		}
 		return "ran " + a.Word, true
 	case ActClassify:
 		v, err := ev.evalString(a.args["class"])
@@ -159,6 +180,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 		}
 		t.Error.Class = v
 		ev.act.invalidate()
+		if !ev.cfg.trace {
+			return "", true
+		}
 		return "class " + v, true
 	case ActRetry:
 		ev.out.Verdict = VerdictRetry
@@ -214,6 +238,9 @@ func (ev *evaluator) recordPending(calls []string) (string, bool) {
 		put.Calls = append(put.Calls, PendingCall{ID: id, Kind: kind})
 	}
 	ev.out.Effects.PutPending = put
+	if !ev.cfg.trace {
+		return "", true
+	}
 	note := fmt.Sprintf("pending of %s: %d call(s)", resp.ID, len(put.Calls))
 	if len(skipped) > 0 {
 		note += "; not calls of the response: " + strings.Join(skipped, ", ")
