@@ -24,6 +24,9 @@ const (
 	ActInsertOutputs ActionKind = "insert_outputs"
 	// ActRemoveOutputs removes the outputs answering the given call ids.
 	ActRemoveOutputs ActionKind = "remove_outputs"
+	// ActDedupeItems removes every input item whose non-empty id repeats the id of an
+	// earlier item, keeping the first (a replay followed by a client's resent items).
+	ActDedupeItems ActionKind = "dedupe_items"
 	// ActReplay turns the request into a full create: input becomes the session's replay
 	// transcript followed by the request's own items, and previous_response_id is dropped.
 	ActReplay ActionKind = "replay"
@@ -122,6 +125,7 @@ var actionSpecs = map[ActionKind]actionSpec{
 	},
 	ActRemoveOutputs: {kind: ActRemoveOutputs, args: map[string]*cel.Type{"calls": listOfStrings}, required: []string{"calls"}, single: "calls", stages: requestStages},
 	ActReplay:        {kind: ActReplay, stages: requestStages},
+	ActDedupeItems:   {kind: ActDedupeItems, stages: requestStages},
 	ActReject: {
 		kind: ActReject,
 		args: map[string]*cel.Type{

@@ -101,7 +101,22 @@ func (a *activation) checkHints() bool {
 	}
 	if resp := t.Response; resp != nil {
 		if len(resp.ID) > hintIDChars || len(resp.Status) > hintIDChars || len(resp.Event) > hintIDChars ||
-			len(resp.Items) > hintItems || !itemsWithinHints(resp.Items) {
+			len(resp.IncompleteReason) > hintIDChars || len(resp.InterruptMode) > hintIDChars ||
+			len(resp.Items) > hintItems || !itemsWithinHints(resp.Items) ||
+			!idsWithinHints(resp.Injected) || !idsWithinHints(resp.TerminalCalls) {
+			return false
+		}
+	}
+	return true
+}
+
+// idsWithinHints reports whether a list of ids fits hintIDList ids of hintIDChars each.
+func idsWithinHints(ids []string) bool {
+	if len(ids) > hintIDList {
+		return false
+	}
+	for _, id := range ids {
+		if len(id) > hintIDChars {
 			return false
 		}
 	}
@@ -380,6 +395,20 @@ func (a *activation) resolveResponse(name string) (ref.Val, bool) {
 		return stringList(a.responseFacts().unanswered), true
 	case "response.item_types":
 		return stringList(a.responseFacts().types), true
+	case "response.incomplete_reason":
+		return types.String(resp.IncompleteReason), true
+	case "response.server_started":
+		return boolVal(resp.ServerStarted), true
+	case "response.injected_outputs":
+		return stringList(resp.Injected), true
+	case "response.interrupted":
+		return boolVal(resp.Interrupted), true
+	case "response.interrupt_mode":
+		return types.String(resp.InterruptMode), true
+	case "response.terminal_calls":
+		return stringList(resp.TerminalCalls), true
+	case "response.terminal_output":
+		return boolVal(resp.TerminalOutput), true
 	}
 	return nil, false
 }

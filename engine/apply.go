@@ -75,6 +75,12 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 		return fmt.Sprintf("removed %d output(s) for %s", n, strings.Join(calls, ", ")), n > 0
 	case ActReplay:
 		return ev.replay()
+	case ActDedupeItems:
+		n := dedupeItems(req)
+		if !ev.cfg.trace {
+			return "", n > 0
+		}
+		return fmt.Sprintf("removed %d item(s) repeating an earlier id", n), n > 0
 	case ActReject:
 		rej := &Rejection{Status: 400, Type: "invalid_request_error"}
 		for name, p := range a.args {
@@ -276,6 +282,23 @@ func (ev *evaluator) replay() (string, bool) {
 	t.Replayed = true
 	ev.act.invalidate()
 	return fmt.Sprintf("full create: %d replayed + %d new item(s)", len(items), len(own)), true
+}
+
+// dedupeItems removes the input items whose non-empty id an earlier item already has and
+// returns how many it removed. Items without an id are never duplicates of each other: two
+// identical id-less messages are two messages.
+func dedupeItems(req *responses.Request) int {
+	seen := make(map[string]struct{}, len(req.Items()))
+	return req.RemoveItems(func(it *responses.Item) bool {
+		if it.ID == "" {
+			return false
+		}
+		if _, dup := seen[it.ID]; dup {
+			return true
+		}
+		seen[it.ID] = struct{}{}
+		return false
+	})
 }
 
 // insertOutputs answers each call id that has no output yet. Placement auto puts an output

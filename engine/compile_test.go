@@ -139,7 +139,7 @@ rules:
 	assert.Nil(t, snap)
 	// Parse errors (the unknown action) stop the set before type checking; fix-and-retry
 	// shows the CEL errors next.
-	require.Equal(t, []string{`a.yaml:10:9: unknown action "teleport" (known: append_transcript, classify, clear_anchor, clear_transcript, delete_pending, drop_previous_response_id, forward, insert_outputs, record_pending, reject, remove_outputs, replay, reset_transcript, retry, run_stage, set_anchor, set_previous_response_id, set_upstream_cached)`},
+	require.Equal(t, []string{`a.yaml:10:9: unknown action "teleport" (known: append_transcript, classify, clear_anchor, clear_transcript, dedupe_items, delete_pending, drop_previous_response_id, forward, insert_outputs, record_pending, reject, remove_outputs, replay, reset_transcript, retry, run_stage, set_anchor, set_previous_response_id, set_upstream_cached)`},
 		lines(diags))
 
 	a = strings.Replace(a, "teleport", "clear_anchor", 1)

@@ -17,6 +17,7 @@
 // A Turn holds the request and the facts the gateway knows: the session anchor and its
 // pending calls, what the upstream connection holds, the replay transcript, the previous
 // turn's keys and field digests, the upstream error (on_upstream_error) and the response
+// with what happened while it was in flight: a steer, injected outputs, an interrupt
 // (post_response). Rules read it as typed CEL variables (request.*, turn.*, session.anchor,
 // pending.*, replay.*, upstream.*, previous.*, error.*, recovery.*, response.*); Variables
 // lists them. The engine derives facts only (call ids, item keys, changed fields); every
@@ -27,11 +28,12 @@
 //
 // A rule that fires applies its actions in order, each argument a CEL expression evaluated
 // at that moment, so a rule sees what earlier rules changed. Actions that edit the request
-// (set_previous_response_id, insert_outputs, replay, …) change Turn.Request in place. The
+// (set_previous_response_id, insert_outputs, replay, dedupe_items, …) change Turn.Request in place. The
 // state actions (set_anchor, clear_anchor, record_pending, delete_pending, the transcript
 // actions, set_upstream_cached) update the Turn for the rules that follow and collect in
 // Outcome.Effects, which the gateway applies after the stage. A shadow rule is evaluated
-// and counted but applies nothing.
+// and counted but applies nothing; WithEnforced lifts that for one evaluation, so that an
+// alternative reading shipped in shadow has fixtures of its own.
 //
 // # Compiling and evaluating
 //

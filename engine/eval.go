@@ -18,10 +18,20 @@ type EvalOption func(*evalConfig)
 
 type evalConfig struct {
 	trace, diffs bool
+	// enforced lists shadow rules that act as if they were not shadow.
+	enforced []string
 }
 
 // WithTrace records a Step for every rule considered.
 func WithTrace() EvalOption { return func(c *evalConfig) { c.trace = true } }
+
+// WithEnforced makes the listed shadow rules act as if they were not shadow in this
+// evaluation: they take their group and apply their actions. An alternative reading shipped
+// as a shadow rule can so be tested (fixtures' enforce:) before anyone enforces it. Ids of
+// rules that do not exist, or are not shadow, change nothing.
+func WithEnforced(ids ...string) EvalOption {
+	return func(c *evalConfig) { c.enforced = append(c.enforced, ids...) }
+}
 
 // WithDiffs records the request bytes before and after every fired rule (implies WithTrace).
 func WithDiffs() EvalOption { return func(c *evalConfig) { c.trace, c.diffs = true, true } }
@@ -78,9 +88,10 @@ func (ev *evaluator) runStage(stage string, depth int) {
 		if ev.done {
 			return
 		}
+		shadow := r.Shadow && (len(ev.cfg.enforced) == 0 || !contains(ev.cfg.enforced, r.ID))
 		var step *Step
 		if ev.cfg.trace {
-			ev.out.Trace = append(ev.out.Trace, Step{Policy: r.policy, Rule: r.ID, Stage: stage, Reason: r.Reason, Pos: r.Pos, Shadow: r.Shadow})
+			ev.out.Trace = append(ev.out.Trace, Step{Policy: r.policy, Rule: r.ID, Stage: stage, Reason: r.Reason, Pos: r.Pos, Shadow: shadow})
 			step = &ev.out.Trace[len(ev.out.Trace)-1]
 		}
 		if r.Group != "" && contains(ev.groups, r.Group) {
@@ -104,15 +115,15 @@ func (ev *evaluator) runStage(stage string, depth int) {
 		if !val {
 			continue
 		}
-		ev.out.Fired = append(ev.out.Fired, Fired{Policy: r.policy, Rule: r.ID, Reason: r.Reason, Stage: stage, Shadow: r.Shadow})
+		ev.out.Fired = append(ev.out.Fired, Fired{Policy: r.policy, Rule: r.ID, Reason: r.Reason, Stage: stage, Shadow: shadow})
 		if step != nil {
 			step.Fired = true
 		}
-		if r.Group != "" && !r.Shadow {
+		if r.Group != "" && !shadow {
 			// A shadow rule is watched, not enforced: its match must not decide the group.
 			ev.groups = append(ev.groups, r.Group)
 		}
-		if r.Shadow {
+		if shadow {
 			// A shadow rule is counted but changes nothing, stop included.
 			continue
 		}

@@ -67,6 +67,27 @@ type Response struct {
 	// Items are the response's output items: from output_item.done events, else the
 	// terminal event's response.output.
 	Items []responses.Item
+	// IncompleteReason is the terminal event's incomplete_details.reason ("steered",
+	// "interrupted", "max_output_tokens", …); "" when there is none.
+	IncompleteReason string
+	// ServerStarted is true when the server started this response by itself (a steer's
+	// successor); the turn's Request is then a synthetic create chained to the steered
+	// response, whose input is the steer's input.
+	ServerStarted bool
+	// Injected are the call ids that response.inject frames answered while this response
+	// was in flight.
+	Injected []string
+	// Interrupted is true when the client sent response.interrupt for this response.
+	Interrupted bool
+	// InterruptMode is the interrupt's mode as the client sent it (e.g.
+	// "discard_partial_items"); "" when none was given.
+	InterruptMode string
+	// TerminalCalls are the call ids of the call items in the terminal event's own
+	// response.output; a server that discards partial items leaves them out of it.
+	TerminalCalls []string
+	// TerminalOutput is true when the terminal event carried an output list at all, so
+	// that TerminalCalls can be told apart from "not said".
+	TerminalOutput bool
 }
 
 // Pending are the pending calls of a response.

@@ -99,6 +99,13 @@ var variables = []variable{
 	{name: "response.calls", typ: listOfStrings, size: hintIDList, stages: onlyResponse, doc: "call ids of call items among the response's output items"},
 	{name: "response.unanswered_calls", typ: listOfStrings, size: hintIDList, stages: onlyResponse, doc: "calls of the response without an output item among its output items"},
 	{name: "response.item_types", typ: listOfStrings, size: hintItems, stages: onlyResponse, doc: "types of the response's output items, in order"},
+	{name: "response.incomplete_reason", typ: cel.StringType, size: hintIDChars, stages: onlyResponse, doc: `incomplete_details.reason of the terminal event ("steered", "interrupted", "max_output_tokens", …), "" when none`},
+	{name: "response.server_started", typ: cel.BoolType, stages: onlyResponse, doc: "the server started this response by itself (a steer's successor); request is then a synthetic create chained to the steered response with the steer's input"},
+	{name: "response.injected_outputs", typ: listOfStrings, size: hintIDList, stages: onlyResponse, doc: "call ids that response.inject frames answered while the response was in flight"},
+	{name: "response.interrupted", typ: cel.BoolType, stages: onlyResponse, doc: "the client sent response.interrupt for this response"},
+	{name: "response.interrupt_mode", typ: cel.StringType, size: hintIDChars, stages: onlyResponse, doc: `the interrupt's mode as the client sent it (e.g. "discard_partial_items"), "" when none`},
+	{name: "response.terminal_calls", typ: listOfStrings, size: hintIDList, stages: onlyResponse, doc: "call ids of the call items in the terminal event's own response.output"},
+	{name: "response.terminal_output", typ: cel.BoolType, stages: onlyResponse, doc: "the terminal event carried an output list at all (response.terminal_calls is then what it says, not \"not said\")"},
 }
 
 // entryStages are the stages the gateway evaluates; other stages are entered by run_stage.

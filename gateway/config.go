@@ -48,9 +48,13 @@ type Config struct {
 	// per tenant (credential), so one tenant cannot starve the others.
 	MaxConnections       int `yaml:"max_connections"`
 	MaxTenantConnections int `yaml:"max_tenant_connections"`
-	// MaxQueuedFrames bounds the frames a client may send while its turn is in flight
-	// (one turn runs at a time; later creates wait in this queue).
+	// MaxQueuedFrames bounds the creates of a connection that wait for their lane (each lane
+	// runs one turn at a time); well above what the upstream takes (16 in flight, 32 lanes),
+	// so the gateway never refuses what the upstream would queue.
 	MaxQueuedFrames int `yaml:"max_queued_frames"`
+	// MaxQueuedBytes bounds the bytes of those creates; at least MaxFrameBytes, so that one
+	// frame the gateway accepts can always wait.
+	MaxQueuedBytes int64 `yaml:"max_queued_bytes"`
 	// ShutdownGrace is how long in-flight turns may run on after SIGTERM.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 	// ReloadPoll is the period of the policy directory's checksum poll.
@@ -84,7 +88,8 @@ func DefaultConfig() Config {
 
 		MaxConnections:       10000,
 		MaxTenantConnections: 512,
-		MaxQueuedFrames:      16,
+		MaxQueuedFrames:      256,
+		MaxQueuedBytes:       64 << 20,
 		ShutdownGrace:        20 * time.Second,
 	}
 }
@@ -102,6 +107,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections <= 0 || c.MaxTenantConnections <= 0 || c.MaxQueuedFrames <= 0 {
 		return fmt.Errorf("connection and queue limits must be positive")
+	}
+	if c.MaxQueuedBytes < c.MaxFrameBytes {
+		return fmt.Errorf("max queued bytes (%d) must be at least max frame bytes (%d): one accepted frame must be able to wait", c.MaxQueuedBytes, c.MaxFrameBytes)
 	}
 	return nil
 }

@@ -34,6 +34,12 @@ type transport interface {
 	// dropUpstream discards the upstream connection (it failed, timed out, or the client left
 	// in the middle of a response).
 	dropUpstream()
+	// forkSource returns the state of another lane of the connection whose latest response
+	// is prev (a create on a new lane chained to it is a fork), nil when there is none.
+	forkSource(prev string) *laneState
+	// annotate adds what the connection's control frames said about a response (outputs
+	// injected into it, an interrupt).
+	annotate(resp *engine.Response)
 }
 
 // exchange is one request in flight upstream.
@@ -102,13 +108,44 @@ func (s *Server) drive(ctx context.Context, tr transport, lane *laneState, req *
 			Code: "policies_not_loaded", Message: "the gateway has no active policy set yet"}, nil)
 		return "rejected"
 	}
-	d := s.newTurn(ctx, tr, lane, req, s.scopeOf(hdr, req, connID), snap)
-	outcome := d.run(ctx)
-	s.metrics.turns.WithLabelValues(tr.kind(), outcome).Inc()
+	scope := s.scopeOf(hdr, req, connID)
+	scope.Lane = lane.name
+	d := s.newTurn(ctx, tr, lane, req, scope, snap)
+	return d.finish(d.run(ctx))
+}
+
+// follow bookkeeps a response the upstream started by itself (a steer's successor): its
+// events are relayed from first on, post_response runs on its terminal event as for any
+// response, and a failure is answered without a retry (nobody asked for this response). req
+// is the create the server acted on: the steer's input chained to the steered response.
+func (s *Server) follow(ctx context.Context, tr transport, lane *laneState, req *responses.Request, first *upstreamEvent, up *upstreamConn, connID string, hdr http.Header) string {
+	snap := s.snap.Load()
+	wl, ok := tr.(*wsLane)
+	if snap == nil || !ok {
+		_ = tr.relay(first, false)
+		return "relayed"
+	}
+	scope := s.scopeOf(hdr, req, connID)
+	scope.Lane = lane.name
+	d := s.newTurn(ctx, tr, lane, req, scope, snap)
+	d.serverStarted = true
+	d.t.Recovery.Enabled = false
+	outcome, f := d.relay(ctx, wl.watch(up), first)
+	if f != nil {
+		outcome = d.fail(ctx, f)
+	}
+	return d.finish(outcome)
+}
+
+// finish counts and logs the turn.
+func (d *turn) finish(outcome string) string {
+	s, kind := d.srv, d.tr.kind()
+	s.metrics.turns.WithLabelValues(kind, outcome).Inc()
 	elapsed := time.Since(d.began)
-	s.metrics.turnSeconds.WithLabelValues(tr.kind()).Observe(elapsed.Seconds())
-	s.log.Info("turn", "transport", tr.kind(), "session", d.scope.Session, "lane", lane.name, "turn", d.t.Number,
-		"reasons", strings.Join(d.reasons, ","), "outcome", outcome, "ms", float64(elapsed.Microseconds())/1000, "set", snap.Hash)
+	s.metrics.turnSeconds.WithLabelValues(kind).Observe(elapsed.Seconds())
+	s.log.Info("turn", "transport", kind, "session", d.scope.Session, "lane", d.lane.name, "turn", d.t.Number,
+		"server_started", d.serverStarted, "reasons", strings.Join(d.reasons, ","), "outcome", outcome,
+		"ms", float64(elapsed.Microseconds())/1000, "set", d.snap.Hash)
 	return outcome
 }
 
@@ -126,9 +163,7 @@ func (d *turn) run(ctx context.Context) string {
 			return outcome
 		}
 		if errors.Is(f.err, errClientGone) {
-			d.tr.dropUpstream()
-			d.commit(ctx)
-			return "client_gone"
+			return d.fail(ctx, f)
 		}
 		if f.ev == nil {
 			// No answer, or a broken connection: it cannot take the next turn.
@@ -143,24 +178,47 @@ func (d *turn) run(ctx context.Context) string {
 	}
 }
 
-// attempt sends the turn's payload and relays the upstream's events until the terminal one
-// (bookkept, then written: the outcome) or a failure.
+// fail ends a turn on a failure without a retry: the client left, or nobody may retry.
+func (d *turn) fail(ctx context.Context, f *failure) string {
+	if errors.Is(f.err, errClientGone) {
+		d.tr.dropUpstream()
+		d.commit(ctx)
+		return "client_gone"
+	}
+	if f.ev == nil {
+		d.tr.dropUpstream()
+	}
+	_, outcome := d.recover(ctx, f)
+	return outcome
+}
+
+// attempt sends the turn's payload and relays the upstream's events.
 func (d *turn) attempt(ctx context.Context, fresh bool) (string, *failure) {
-	cfg := &d.srv.cfg
 	ex, err := d.tr.send(ctx, d.t.Request.Bytes(), fresh)
 	if err != nil {
 		return "", &failure{err: err}
 	}
-	defer ex.close()
 	d.srv.metrics.toUpstream.Inc()
+	return d.relay(ctx, ex, nil)
+}
+
+// relay relays the upstream's events, first (when given) and then those that follow, until the
+// terminal one (bookkept, then written: the outcome) or a failure.
+func (d *turn) relay(ctx context.Context, ex exchange, first *upstreamEvent) (string, *failure) {
+	cfg := &d.srv.cfg
+	defer ex.close()
 	// Whatever relay held goes out before the terminal event or the error.
 	defer func() { _ = d.tr.flush() }()
 	var items []responses.Item
 	wait := cfg.FirstEventTimeout
 	for {
-		ev, err := ex.next(ctx, wait)
-		if err != nil {
-			return "", &failure{err: err}
+		ev := first
+		first = nil
+		if ev == nil {
+			var err error
+			if ev, err = ex.next(ctx, wait); err != nil {
+				return "", &failure{err: err}
+			}
 		}
 		if ev.isError() {
 			return "", &failure{ev: ev}
@@ -169,7 +227,7 @@ func (d *turn) attempt(ctx context.Context, fresh bool) (string, *failure) {
 		switch {
 		case ev.object:
 			pe, _ := responses.ParseResponseObject(ev.data)
-			resp = responseOf("", pe, nil)
+			resp = d.responseOf("", pe, nil)
 		case ev.kind == responses.EventOutputItemDone:
 			if pe, err := responses.ParseEvent(ev.data); err == nil && pe.Item != nil {
 				items = append(items, *pe.Item)
@@ -180,7 +238,7 @@ func (d *turn) attempt(ctx context.Context, fresh bool) (string, *failure) {
 				if pe.Item != nil {
 					items = append(items, *pe.Item)
 				}
-				resp = responseOf(ev.kind, pe, items)
+				resp = d.responseOf(ev.kind, pe, items)
 			}
 		}
 		if resp != nil {

@@ -109,7 +109,8 @@ func TestE2EPolicyEditAnchor(t *testing.T) {
 	t.Parallel()
 	// Edited: no response ever becomes the anchor, so an ESC no longer gets its aborted
 	// outputs (the default set injects them: TestE2EEscInjectsAbortedForUnansweredCalls).
-	dir := editedPolicies(t, [2]string{"      - set_anchor: response.id", "      - clear_anchor"})
+	dir := editedPolicies(t, [2]string{"       size(response.unanswered_calls) > 0)\n    actions:\n      - set_anchor: response.id",
+		"       size(response.unanswered_calls) > 0)\n    actions:\n      - clear_anchor"})
 	s := newStack(t, e2etest.CmdScript(), withConfig(func(c *gateway.Config) { c.Policies = dir }))
 	c := s.dial("sess-anchor-edited")
 	resp1 := startCalls(t, c, "call_A")

@@ -80,6 +80,11 @@ func (h *httpConn) hold(*laneState, string) {}
 
 func (h *httpConn) dropUpstream() {}
 
+// forkSource is nil: an HTTP request is a connection of one lane.
+func (h *httpConn) forkSource(string) *laneState { return nil }
+
+func (h *httpConn) annotate(*engine.Response) {}
+
 func (h *httpConn) send(ctx context.Context, payload []byte, _ bool) (exchange, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	x := &sseExchange{cancel: cancel}

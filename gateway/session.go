@@ -10,40 +10,47 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 
 	"chainmend/responses"
 )
 
-// clientFrame is one frame read from the client.
-type clientFrame struct {
-	typ  websocket.MessageType
-	data []byte
-}
-
-// session is one client WebSocket connection: its upstream connection, its memory, and
-// its turn loop. Turns run one at a time; a create that arrives meanwhile waits.
+// session is one client WebSocket connection: its lanes, the upstream connection they
+// share, and the read loop that feeds them. Each lane runs its turns one at a time, in order
+// (a lane worker); lanes run side by side on the one upstream connection, and the read loop
+// never waits on a turn.
 type session struct {
 	srv    *Server
 	client *websocket.Conn
 	out    *corkConn // the client's socket under client (see corkConn)
 	hdr    http.Header
 	connID string
-	// lanes holds the turn state of each lane of the connection; today only the default
-	// lane ("") carries turns.
-	lanes map[string]*laneState
-	up    *upstreamConn
-	// ex is the upstream exchange of the turn in flight, reused turn after turn.
-	ex     wsExchange
 	ctx    context.Context
 	cancel context.CancelFunc
-	in     chan clientFrame
 	rdErr  error
-	// drainCh is closed by Server.Shutdown: the session ends after its turn in flight.
+	// drainCh is closed by Server.Shutdown: the session ends once its lanes are idle.
 	drainCh   chan struct{}
 	drainOnce sync.Once
+	// workers counts the running lane workers.
+	workers sync.WaitGroup
+
+	// mu guards everything below: the lanes, the upstream connection, the queue counts and
+	// the facts control frames left for the bookkeeping.
+	mu    sync.Mutex
+	lanes map[string]*wsLane
+	up    *upstreamConn
+	// queued and queuedBytes count the creates waiting for their lane, across lanes.
+	queued, queuedBytes int
+	// busy counts the lanes with a response in flight.
+	busy int
+	// facts are what control frames (steer, inject, interrupt) said, by response id.
+	facts map[string]*controlFacts
 }
+
+// maxControlFacts bounds the control facts a connection keeps for responses not yet bookkept.
+const maxControlFacts = 1024
 
 func (ss *session) drain() { ss.drainOnce.Do(func() { close(ss.drainCh) }) }
 
@@ -79,8 +86,8 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		connID:  s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36),
 		ctx:     ctx,
 		cancel:  cancel,
-		in:      make(chan clientFrame, s.cfg.MaxQueuedFrames),
-		lanes:   map[string]*laneState{},
+		lanes:   map[string]*wsLane{},
+		facts:   map[string]*controlFacts{},
 		drainCh: make(chan struct{}),
 	}
 	if !s.track(ss) {
@@ -100,33 +107,38 @@ func (ss *session) shutdown() {
 func (ss *session) run() {
 	defer func() {
 		ss.cancel()
-		if ss.up != nil {
-			ss.up.close()
+		ss.workers.Wait()
+		ss.mu.Lock()
+		up := ss.up
+		ss.up = nil
+		ss.mu.Unlock()
+		if up != nil {
+			up.close()
 			ss.srv.metrics.upstream.WithLabelValues("closed").Inc()
 		}
 		_ = ss.client.CloseNow()
 	}()
-	go ss.readLoop()
-loop:
-	for {
-		select {
-		case <-ss.drainCh:
-			// Between turns: nothing is in flight, so the client can go now.
-			_ = ss.client.Close(websocket.StatusGoingAway, "gateway shutting down; reconnect")
-			return
-		case f, ok := <-ss.in:
-			if !ok {
-				break loop
+	read := make(chan struct{})
+	go func() {
+		defer close(read)
+		ss.readLoop()
+	}()
+	select {
+	case <-read:
+	case <-ss.drainCh:
+		// New creates are refused from now on; the lanes finish what they hold, then the
+		// client is told to reconnect.
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for !ss.idle() {
+			select {
+			case <-read:
+				return
+			case <-tick.C:
 			}
-			if ss.ctx.Err() != nil {
-				continue // the client is gone: frames still queued cannot be answered
-			}
-			if f.typ != websocket.MessageText {
-				ss.refuse("unsupported_frame", "binary frames are not supported; send response.create as a JSON text frame")
-				continue
-			}
-			ss.dispatch(f.data)
 		}
+		_ = ss.client.Close(websocket.StatusGoingAway, "gateway shutting down; reconnect")
+		return
 	}
 	var ce websocket.CloseError
 	if errors.As(ss.rdErr, &ce) || errors.Is(ss.rdErr, context.Canceled) {
@@ -138,29 +150,46 @@ loop:
 	}
 }
 
+// idle reports whether no lane has a turn in flight or waiting.
+func (ss *session) idle() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.busy > 0 {
+		return false
+	}
+	for _, l := range ss.lanes {
+		if l.held > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (ss *session) draining() bool {
+	select {
+	case <-ss.drainCh:
+		return true
+	default:
+		return false
+	}
+}
+
 func (ss *session) readLoop() {
-	defer close(ss.in)
 	hint := 0
 	for {
 		typ, data, err := ss.readFrame(&hint)
 		if err != nil {
 			ss.rdErr = err
-			// The client is gone (closed, reset, or cut off for a bad frame): a turn in
-			// flight stops waiting for the upstream, which is closed with it.
+			// The client is gone (closed, reset, or cut off for a bad frame): turns in
+			// flight stop waiting for the upstream, which is closed with them.
 			ss.cancel()
 			return
 		}
-		select {
-		case ss.in <- clientFrame{typ, data}:
-		case <-ss.ctx.Done():
-			return
-		default:
-			// The client keeps sending while its turns wait: refuse this frame rather than
-			// buffer without bound (Write is safe alongside the turn loop's writes).
-			ss.srv.metrics.limits.WithLabelValues("queued_frames").Inc()
-			ss.writeFrameError(responses.ErrorBody{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "too_many_queued_frames",
-				Message: fmt.Sprintf("more than %d frames are waiting for the turn in flight; this one was dropped", ss.srv.cfg.MaxQueuedFrames)})
+		if typ != websocket.MessageText {
+			ss.refuse("unsupported_frame", "binary frames are not supported; send response.create as a JSON text frame", "")
+			continue
 		}
+		ss.dispatch(data)
 	}
 }
 
@@ -191,16 +220,17 @@ func (ss *session) readFrame(hint *int) (websocket.MessageType, []byte, error) {
 }
 
 // refuse answers a bad frame with an error frame; the connection stays open.
-func (ss *session) refuse(code, msg string) {
+func (ss *session) refuse(code, msg, lane string) {
 	ss.srv.metrics.badFrames.WithLabelValues(code).Inc()
-	ss.writeFrameError(responses.ErrorBody{Status: 400, Type: "invalid_request_error", Code: code, Message: msg})
+	ss.writeFrameError(responses.ErrorBody{Status: 400, Type: "invalid_request_error", Code: code, Message: msg, Lane: lane})
 }
 
 func (ss *session) writeFrameError(e responses.ErrorBody) {
 	_ = ss.write(responses.ErrorFrame(e))
 }
 
-// write sends one frame to the client. It needs no context of its own: the socket write is
+// write sends one frame to the client; lanes and the read loop write side by side (the
+// socket serialises whole frames). It needs no context of its own: the socket write is
 // bounded by Config.WriteTimeout through the connection's write deadline, and the session's
 // end aborts it (corkConn). A context with a timeout per frame cost a timer and a context
 // callback for every relayed event.
@@ -215,33 +245,30 @@ func (ss *session) write(frame []byte) error {
 	return nil
 }
 
+// dispatch routes one client frame: a create to its lane's queue, a control frame to the
+// upstream at once (the response it is about may be in flight), anything else refused.
 func (ss *session) dispatch(frame []byte) {
 	req, err := responses.Parse(frame)
 	if err != nil {
 		if errors.Is(err, responses.ErrNotObject) {
-			ss.refuse("invalid_frame", "a frame must be a JSON object with a type")
+			ss.refuse("invalid_frame", "a frame must be a JSON object with a type", "")
 			return
 		}
-		ss.refuse("invalid_json", "malformed JSON frame: "+err.Error())
+		ss.refuse("invalid_json", "malformed JSON frame: "+err.Error(), "")
 		return
 	}
+	lane := req.String("stream_id")
 	switch typ := req.Type(); typ {
 	case "response.create":
-		ss.srv.drive(ss.ctx, ss, ss.lane(""), req, ss.connID, ss.hdr)
-	case "response.processed":
-		// An acknowledgement: no reply; the upstream connection that produced the
-		// response gets it when it is still open.
-		if ss.up != nil && ss.up.alive(ss.srv.cfg.UpstreamMaxAge) {
-			if ss.up.send(ss.ctx, frame, ss.srv.cfg.WriteTimeout) == nil {
-				ss.srv.metrics.toUpstream.Inc()
-			}
-		}
+		ss.enqueue(lane, req, len(frame))
+	case "response.processed", "response.steer", "response.inject", "response.interrupt":
+		ss.control(typ, req, frame, lane)
 	case "response.append":
-		ss.refuse("unsupported_frame_type", "response.append is not supported by this gateway; send response.create with previous_response_id and the new input items")
+		ss.refuse("unsupported_frame_type", "response.append is not supported by this gateway; send response.create with previous_response_id and the new input items", lane)
 	case "":
-		ss.refuse("missing_type", "the frame has no type; expected response.create")
+		ss.refuse("missing_type", "the frame has no type; expected response.create", lane)
 	default:
-		ss.refuse("unknown_frame_type", fmt.Sprintf("unknown frame type %q; expected response.create", typ))
+		ss.refuse("unknown_frame_type", fmt.Sprintf("unknown frame type %q; expected response.create", typ), lane)
 	}
 }
 

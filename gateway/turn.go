@@ -40,6 +40,25 @@ type turn struct {
 	clientWritten bool
 	// recovery is the reason of the rule that chose the retry.
 	recovery string
+	// serverStarted marks a response the upstream started by itself (a steer's successor).
+	serverStarted bool
+	// forkItems is the transcript of the lane this one forked from, which the fork's own
+	// transcript starts with.
+	forkItems []statestore.ReplayItem
+	forked    bool
+	forkFrom  string
+}
+
+// fork seeds a new lane from the lane it forks: a create on a new lane chained to another
+// lane's latest response (SPEC §10) continues that lane's conversation, so it starts with
+// that lane's anchor, its previous payload, what the upstream holds for it, and (on the
+// first append) its transcript.
+func (d *turn) fork(ctx context.Context, lane, src *laneState, scope statestore.Scope) {
+	lane.anchorKnown, lane.anchor = true, src.anchor
+	lane.prev = src.prev
+	lane.cached, lane.cachedOn = src.cached, src.cachedOn
+	d.forked, d.forkFrom = true, src.name
+	d.srv.log.Debug("lane forked", "session", scope.Session, "lane", lane.name, "from", src.name)
 }
 
 // newTurn reads the lane's state and the store and builds the turn context (ARCHITECTURE:
@@ -56,6 +75,12 @@ func (s *Server) newTurn(ctx context.Context, tr transport, lane *laneState, req
 		Cached:    tr.cached(lane),
 		Previous:  lane.prev,
 		Recovery:  engine.Recovery{Enabled: s.cfg.Recovery},
+	}
+	if prev := req.PreviousResponseID(); !lane.anchorKnown && lane.turns == 0 && prev != "" {
+		if src := tr.forkSource(prev); src != nil {
+			d.fork(ctx, lane, src, scope)
+			t.Previous, t.Cached = lane.prev, tr.cached(lane)
+		}
 	}
 	if !lane.anchorKnown {
 		// The first turn of a connection (every HTTP request): the session's state may be
@@ -81,7 +106,11 @@ func (s *Server) newTurn(ctx context.Context, tr transport, lane *laneState, req
 			}
 		}
 	}
-	tr2, res := s.store.Replay(ctx, scope)
+	replayScope := scope
+	if d.forked {
+		replayScope.Lane = d.forkFrom
+	}
+	tr2, res := s.store.Replay(ctx, replayScope)
 	t.Replay.Known = res != statestore.Unknown
 	if res == statestore.Hit && len(tr2.Items) > 0 {
 		t.Replay.Available = true
@@ -94,6 +123,9 @@ func (s *Server) newTurn(ctx context.Context, tr transport, lane *laneState, req
 			}
 			return items, nil
 		}
+	}
+	if d.forked && res == statestore.Hit {
+		d.forkItems = tr2.Items
 	}
 	d.t = t
 	d.startAnchor, d.startPending, d.startReplay = t.Anchor, t.Pending, t.Replay
@@ -144,6 +176,11 @@ func (d *turn) absorb(eff *engine.Effects, t *engine.Turn) {
 		}
 		if eff.Transcript == engine.TranscriptReset {
 			b.ReplayReset, b.ReplayAppend = true, nil
+		} else if d.forkItems != nil {
+			// A fork's transcript starts as a copy of its source lane's.
+			b.ReplayReset = true
+			b.ReplayAppend = append(slices.Clip(d.forkItems), b.ReplayAppend...)
+			d.forkItems = nil
 		}
 		b.ReplayAppend = appendReplay(b.ReplayAppend, t.Request.Items(), t.Response.Items)
 		b.ReplayLastResponseID = t.Response.ID
@@ -191,11 +228,19 @@ func (d *turn) bookkeep(resp *engine.Response) {
 
 // responseOf gathers what a terminal event says of its response. items are the output items
 // seen in output_item.done events; without them, the terminal event's own output counts.
-func responseOf(kind string, ev responses.Event, items []responses.Item) *engine.Response {
-	if len(items) == 0 {
-		items = ev.Output
+func (d *turn) responseOf(kind string, ev responses.Event, items []responses.Item) *engine.Response {
+	resp := &engine.Response{ID: ev.ResponseID, Status: ev.Status, Event: kind, Items: items,
+		IncompleteReason: ev.IncompleteReason, ServerStarted: d.serverStarted, TerminalOutput: ev.HasOutput}
+	if len(resp.Items) == 0 {
+		resp.Items = ev.Output
 	}
-	return &engine.Response{ID: ev.ResponseID, Status: ev.Status, Event: kind, Items: items}
+	for i := range ev.Output {
+		if ev.Output[i].IsCall() {
+			resp.TerminalCalls = append(resp.TerminalCalls, ev.Output[i].CallID)
+		}
+	}
+	d.tr.annotate(resp)
+	return resp
 }
 
 func appendReplay(dst []statestore.ReplayItem, in, out []responses.Item) []statestore.ReplayItem {

@@ -15,22 +15,23 @@ import (
 // response, encrypted reasoning included.
 const upstreamReadLimit = 256 << 20
 
-// upstreamConn is one upstream WebSocket connection. A reader goroutine moves its frames to
-// a channel so that the session notices a closed connection between turns, and so that a
-// turn can wait for a frame, a timeout and the client at once.
+// upstreamConn is one upstream WebSocket connection, shared by the lanes of a client
+// connection. A reader goroutine hands each frame to route (the session's demultiplexer, by
+// stream_id), so that a lane's turn can wait for its frame, a timeout and the client at once,
+// and the session notices a closed connection between turns.
 type upstreamConn struct {
-	conn   *websocket.Conn
-	frames chan []byte
-	done   chan struct{}
-	quit   chan struct{}
-	once   sync.Once
-	born   time.Time
+	conn  *websocket.Conn
+	route func(*upstreamConn, []byte)
+	done  chan struct{}
+	quit  chan struct{}
+	once  sync.Once
+	born  time.Time
 
 	mu  sync.Mutex
 	err error
 }
 
-func dialUpstream(ctx context.Context, url string, hdr http.Header, client *http.Client, timeout time.Duration) (*upstreamConn, error) {
+func dialUpstream(ctx context.Context, url string, hdr http.Header, client *http.Client, timeout time.Duration, route func(*upstreamConn, []byte)) (*upstreamConn, error) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, resp, err := websocket.Dial(dctx, url, &websocket.DialOptions{
@@ -45,7 +46,7 @@ func dialUpstream(ctx context.Context, url string, hdr http.Header, client *http
 		return nil, fmt.Errorf("dial upstream: %w", err)
 	}
 	c.SetReadLimit(upstreamReadLimit)
-	u := &upstreamConn{conn: c, frames: make(chan []byte, 64), done: make(chan struct{}), quit: make(chan struct{}), born: time.Now()}
+	u := &upstreamConn{conn: c, route: route, done: make(chan struct{}), quit: make(chan struct{}), born: time.Now()}
 	go u.readLoop()
 	return u, nil
 }
@@ -62,10 +63,13 @@ func (u *upstreamConn) readLoop() {
 			return
 		}
 		select {
-		case u.frames <- data:
 		case <-u.quit:
 			return
+		default:
 		}
+		// route blocks while the frame's lane is full: a client that does not read slows
+		// its own connection, nothing else.
+		u.route(u, data)
 	}
 }
 

@@ -1,6 +1,7 @@
 package responses
 
 import (
+	"bytes"
 	"strconv"
 )
 
@@ -35,6 +36,15 @@ type Event struct {
 	// ResponseID and Status come from the event's response object (created and terminal).
 	ResponseID string
 	Status     string
+	// IncompleteReason is the response's incomplete_details.reason ("steered",
+	// "max_output_tokens", …).
+	IncompleteReason string
+	// HasOutput is set when the response object carries an output list (Output may still be
+	// empty).
+	HasOutput bool
+	// Lane is the event's top-level stream_id: the lane of the connection it belongs to; ""
+	// is the default lane.
+	Lane string
 	// Item is the item of response.output_item.done.
 	Item *Item
 	// Output are the items of a terminal event's response.output.
@@ -50,6 +60,9 @@ type ErrorBody struct {
 	Code    string
 	Message string
 	Param   string
+	// Lane is the stream_id the error frame is about; "" for the default lane. Only
+	// ErrorFrame writes it (top-level, as the upstream does on a named lane).
+	Lane string
 }
 
 // EventKind returns an event's type, reading only as far as the type field when it comes
@@ -109,6 +122,8 @@ func ParseEvent(frame []byte) (Event, error) {
 			errObj = val
 		case keyIs(key, "status"):
 			status, _ = strconv.Atoi(string(val))
+		case keyIs(key, "stream_id") && val[0] == '"':
+			ev.Lane = unquote(val)
 		}
 		return ve, nil
 	})
@@ -151,6 +166,15 @@ func readResponse(b []byte, ev *Event) {
 			var r Request
 			_, _ = r.parseInput(b, vs)
 			ev.Output = r.items
+			ev.HasOutput = true
+		case keyIs(key, "incomplete_details") && val[0] == '{':
+			_, _ = scanObject(val, 0, func(k []byte, s int) (int, error) {
+				e, err := skipValue(val, s, 3)
+				if err == nil && keyIs(k, "reason") && val[s] == '"' {
+					ev.IncompleteReason = unquote(val[s:e])
+				}
+				return e, err
+			})
 		case keyIs(key, "error") && val[0] == '{':
 			eb := parseErrorBody(val)
 			ev.Error = &eb
@@ -212,6 +236,10 @@ func ErrorFrame(e ErrorBody) []byte {
 	b := make([]byte, 0, 128+len(e.Message))
 	b = append(b, `{"type":"error","status":`...)
 	b = strconv.AppendInt(b, int64(e.Status), 10)
+	if e.Lane != "" {
+		b = append(b, `,"stream_id":`...)
+		b = appendQuoted(b, e.Lane)
+	}
 	b = append(b, `,"error":`...)
 	b = appendErrorObject(b, e)
 	return append(b, '}')
@@ -264,4 +292,25 @@ func ParseResponseObject(body []byte) (Event, error) {
 	}
 	readResponse(body[i:end], &ev)
 	return ev, nil
+}
+
+// laneKey is what an event that belongs to a named lane carries.
+var laneKey = []byte(`"stream_id"`)
+
+// EventLane returns an event's top-level stream_id: the lane of the connection it belongs
+// to, "" for the default lane. Default-lane events (most traffic) cost one substring search;
+// only a frame that mentions stream_id is walked, at its top level.
+func EventLane(frame []byte) string {
+	if !bytes.Contains(frame, laneKey) {
+		return ""
+	}
+	lane := ""
+	_, _ = scanObject(frame, skipWS(frame, 0), func(key []byte, vs int) (int, error) {
+		ve, err := skipValue(frame, vs, 1)
+		if err == nil && keyIs(key, "stream_id") && frame[vs] == '"' {
+			lane = unquote(frame[vs:ve])
+		}
+		return ve, err
+	})
+	return lane
 }

@@ -132,14 +132,19 @@ func FuzzEvent(f *testing.F) {
 	f.Add([]byte(`{"type":"response.output_item.done","output_index":0,"item":{"type":"function_call","call_id":"call_1","id":"fc_1"}}`))
 	f.Add([]byte(`{"type":"response.completed","response":{"id":"resp_1","status":"completed","output":[{"type":"message"}]}}`))
 	f.Add([]byte(`{"sequence_number":1,"type":"response.output_text.delta","delta":"hi"}`))
+	f.Add([]byte(`{"type":"response.incomplete","stream_id":"lane_a","response":{"id":"resp_2","status":"incomplete","incomplete_details":{"reason":"steered"},"output":[]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		kind := EventKind(data)
+		lane := EventLane(data)
 		ev, err := ParseEvent(data)
 		if err != nil {
 			return
 		}
 		if kind != ev.Type {
 			t.Fatalf("EventKind %q, ParseEvent %q", kind, ev.Type)
+		}
+		if lane != ev.Lane {
+			t.Fatalf("EventLane %q, ParseEvent %q", lane, ev.Lane)
 		}
 		_ = ErrorFrame(ErrorBody{Status: 400, Message: string(data)})
 	})

@@ -151,6 +151,35 @@ func NewOutputItem(callType, callID, output string) Item {
 	return Item{Raw: raw, Type: t, CallID: callID}
 }
 
+// NewCreate builds the response.create a server acted on without a client frame (a steer's
+// successor): input chained to previous. Items keep their bytes.
+func NewCreate(previous string, input []Item) *Request {
+	n := 80 + len(previous)
+	for i := range input {
+		n += len(input[i].Raw) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, `{"type":"response.create"`...)
+	if previous != "" {
+		b = append(b, `,"previous_response_id":`...)
+		b = appendQuoted(b, previous)
+	}
+	b = append(b, `,"input":[`...)
+	for i := range input {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, input[i].Raw...)
+	}
+	b = append(b, "]}"...)
+	r, err := Parse(b)
+	if err != nil {
+		// Items came from parsed frames; only a caller's hand-made item can fail here.
+		r, _ = Parse([]byte(`{"type":"response.create","input":[]}`))
+	}
+	return r
+}
+
 // field is one top-level member. member holds the original `"key": value` text when it was
 // not changed, so untouched fields go out byte for byte.
 type field struct {

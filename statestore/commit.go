@@ -34,7 +34,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 	if err := validateBatch(&b); err != nil {
 		return err
 	}
-	tenant, session := strings.Clone(b.Scope.Tenant), strings.Clone(b.Scope.Session)
+	tenant, session := strings.Clone(b.Scope.Tenant), strings.Clone(b.Scope.id())
 	remote := s.rdb != nil
 	written := make([]keyEntry, 0, 3+len(b.DeletePending))
 	var touched []lkey
@@ -260,7 +260,7 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 				p.Del(ctx, pendingKey(b.Scope.Tenant, id))
 			}
 			if b.Anchor != nil {
-				k := sessionKey(b.Scope.Tenant, b.Scope.Session, suffixAnchor)
+				k := sessionKey(b.Scope.Tenant, b.Scope.id(), suffixAnchor)
 				if *b.Anchor == "" {
 					p.Del(ctx, k)
 				} else {

@@ -45,7 +45,7 @@ func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...strin
 		cmd *redis.StringCmd
 	}
 	var (
-		ak, rk       = lkey{kind: KindAnchor, tenant: scope.Tenant, id: scope.Session}, lkey{kind: KindReplay, tenant: scope.Tenant, id: scope.Session}
+		ak, rk       = lkey{kind: KindAnchor, tenant: scope.Tenant, id: scope.id()}, lkey{kind: KindReplay, tenant: scope.Tenant, id: scope.id()}
 		needSession  = scope.Session != ""
 		needAnchor   bool
 		needReplay   bool
@@ -80,14 +80,14 @@ func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...strin
 	err := s.do(ctx, opAnchor, func(ctx context.Context) error {
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			if needAnchor {
-				anchorCmd = p.Get(ctx, sessionKey(scope.Tenant, scope.Session, suffixAnchor))
+				anchorCmd = p.Get(ctx, sessionKey(scope.Tenant, scope.id(), suffixAnchor))
 			}
 			for i := range pends {
 				pends[i].cmd = p.Get(ctx, pendingKey(scope.Tenant, pends[i].k.id))
 			}
 			if needReplay {
-				lrange = p.LRange(ctx, sessionKey(scope.Tenant, scope.Session, suffixReplay), 0, -1)
-				hmget = p.HMGet(ctx, sessionKey(scope.Tenant, scope.Session, suffixReplayMeta), "b", "t", "l", "x", "e")
+				lrange = p.LRange(ctx, sessionKey(scope.Tenant, scope.id(), suffixReplay), 0, -1)
+				hmget = p.HMGet(ctx, sessionKey(scope.Tenant, scope.id(), suffixReplayMeta), "b", "t", "l", "x", "e")
 			}
 			return nil
 		})

@@ -92,6 +92,19 @@ type Scope struct {
 	Tenant string
 	// Session names one conversation of the tenant.
 	Session string
+	// Lane is the lane (stream_id) of a connection the conversation runs on; "" is the
+	// default lane. Each lane of a session has its own anchor and transcript.
+	Lane string
+}
+
+// id is the session part of the scope's keys: the session, and the lane when there is one.
+// A lane's id is 1–256 characters of [A-Za-z0-9_.-], so ":l:" cannot end a lane's id early;
+// a session of the same tenant that spells the same id only meets its own tenant's state.
+func (s Scope) id() string {
+	if s.Lane == "" {
+		return s.Session
+	}
+	return s.Session + ":l:" + s.Lane
 }
 
 // ReplayItem is one input item of a replay transcript.

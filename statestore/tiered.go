@@ -243,7 +243,7 @@ func (s *Tiered) backfillNeg(k lkey, gen uint64) {
 
 // Anchor returns the session's last response id. A Hit is never "".
 func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
-	k := lkey{kind: KindAnchor, tenant: scope.Tenant, id: scope.Session}
+	k := lkey{kind: KindAnchor, tenant: scope.Tenant, id: scope.id()}
 	if id, neg, ok := s.local.anchor(k); ok {
 		if neg {
 			s.count(k.kind, tierLocal, Miss)
@@ -261,7 +261,7 @@ func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
 		return "", Unknown
 	}
 	gen := s.local.generation(k)
-	key := sessionKey(scope.Tenant, scope.Session, suffixAnchor)
+	key := sessionKey(scope.Tenant, scope.id(), suffixAnchor)
 	var val string
 	err := s.do(ctx, opAnchor, func(ctx context.Context) error {
 		var err error
@@ -294,7 +294,7 @@ func (s *Tiered) anchorFrom(k lkey, gen uint64, val string, err error) (string, 
 // Replay returns the session's replay transcript. A transcript known to have
 // a gap answers Miss.
 func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
-	k := lkey{kind: KindReplay, tenant: scope.Tenant, id: scope.Session}
+	k := lkey{kind: KindReplay, tenant: scope.Tenant, id: scope.id()}
 	if tr, neg, ok := s.local.replay(k); ok {
 		if neg {
 			s.count(k.kind, tierLocal, Miss)
@@ -312,8 +312,8 @@ func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
 		return Transcript{}, Unknown
 	}
 	gen := s.local.generation(k)
-	listKey := sessionKey(scope.Tenant, scope.Session, suffixReplay)
-	metaKey := sessionKey(scope.Tenant, scope.Session, suffixReplayMeta)
+	listKey := sessionKey(scope.Tenant, scope.id(), suffixReplay)
+	metaKey := sessionKey(scope.Tenant, scope.id(), suffixReplayMeta)
 	var elems []string
 	var meta []any
 	err := s.do(ctx, opReplay, func(ctx context.Context) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"chainmend/engine"
@@ -18,6 +19,7 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	statePath := fs.String("state", "", "the turn state (YAML: mode, transport, stage, turn, lane, anchor, pending, cached, replay, previous, error, recovery, response)")
 	stage := fs.String("stage", "", "the stage to evaluate (default: the state's, else pre_send)")
 	showRequest := fs.Bool("show-request", false, "print the resulting request")
+	enforce := fs.String("enforce", "", "comma-separated shadow rules to evaluate as enforced (a fixture's enforce:)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -28,6 +30,14 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	snap, _, code := load(strings.Split(*policies, ","), stderr)
 	if snap == nil {
 		return code
+	}
+	var enforced []string
+	if *enforce != "" {
+		enforced = strings.Split(*enforce, ",")
+		if err := checkEnforced(snap, enforced); err != nil {
+			fmt.Fprintf(stderr, "policyctl explain: --enforce: %v\n", err)
+			return exitUsage
+		}
 	}
 	reqData, err := readFile(*reqPath)
 	if err != nil {
@@ -49,7 +59,7 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	if *stage != "" {
 		st = *stage
 	}
-	out := snap.Evaluate(st, turn, engine.WithDiffs())
+	out := snap.Evaluate(st, turn, engine.WithDiffs(), engine.WithEnforced(enforced...))
 	fmt.Fprintf(stdout, "policy set %s, stage %s, mode %s, transport %s\n\n", snap.Hash, st, turn.Mode, turn.Transport)
 	for i, s := range out.Trace {
 		value := "not evaluated"
@@ -70,8 +80,11 @@ func explain(args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		fmt.Fprintf(stdout, "       reason %s", s.Reason)
-		if s.Shadow {
+		switch {
+		case s.Shadow:
 			fmt.Fprint(stdout, " (shadow: counted, nothing changed)")
+		case slices.Contains(enforced, s.Rule):
+			fmt.Fprint(stdout, " (shadow, enforced by --enforce)")
 		}
 		fmt.Fprintf(stdout, "  at %s\n", s.Pos)
 		for _, a := range s.Actions {
@@ -108,6 +121,21 @@ func explain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "\nrequest:\n%s\n", pretty(turn.Request.Bytes()))
 	}
 	return ExitOK
+}
+
+// checkEnforced refuses ids that are no shadow rule of the set: enforcing them would
+// change nothing, and the explanation would pretend otherwise.
+func checkEnforced(snap *engine.Snapshot, ids []string) error {
+	for _, id := range ids {
+		i := slices.IndexFunc(snap.Rules(), func(r engine.RuleInfo) bool { return r.ID == id })
+		switch {
+		case i < 0:
+			return fmt.Errorf("unknown rule %q", id)
+		case !snap.Rules()[i].Shadow:
+			return fmt.Errorf("rule %q is not a shadow rule", id)
+		}
+	}
+	return nil
 }
 
 // printEffects prints the state changes the stage asked the gateway for.

@@ -36,10 +36,11 @@ Usage:
   policyctl test [--policies DIR] [-run RE] [--json] [DIR|FILE…]
                                                      run fixtures (default: policytests)
   policyctl explain --request FILE [--state FILE] [--policies DIR] [--stage S]
-                                                     show each rule's value, its diff and
+                    [--enforce RULE,…]               show each rule's value, its diff and
                                                      the effects (post_response: the state
                                                      file's response: {id, status, event,
-                                                     output})
+                                                     output, …} as in fixtures); --enforce
+                                                     evaluates shadow rules as enforced
   policyctl vars [--stage S]                         list the turn context variables
                                                      (of one entry stage)
 

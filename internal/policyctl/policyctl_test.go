@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -92,6 +93,9 @@ func TestTestFixtureTyposFailLoudly(t *testing.T) {
 		{"testdata/typo-effects-transcript.yaml", `unknown effects.transcript "apend"`},
 		{"testdata/typo-effects-pending.yaml", `unknown field "response"`},
 		{"testdata/response-outside-post-response.yaml", "a response is bookkept only in stage post_response"},
+		{"testdata/enforce-unknown-rule.yaml", `names unknown rule "interrupt-discard-calls"`},
+		{"testdata/enforce-not-shadow.yaml", `enforces rule "record-pending-calls", which is not a shadow rule`},
+		{"testdata/response-contradictory.yaml", `interrupt_mode "discard_partial_items" without interrupted: true`},
 	}
 	for _, tc := range tests {
 		code, _, errs := run("test", "--policies", "../../policies", tc.file)
@@ -134,6 +138,44 @@ func TestExplainPostResponse(t *testing.T) {
 	}
 }
 
+// TestExplainEnforce: --enforce shows the other reading a shadow rule ships, and refuses
+// names that are no shadow rule.
+func TestExplainEnforce(t *testing.T) {
+	args := []string{"explain", "--policies", "../../policies",
+		"--request", "testdata/explain/post-response-request.json", "--state", "testdata/explain/interrupt-state.yaml"}
+	tests := []struct {
+		name         string
+		enforce      string
+		code         int
+		want, absent []string
+	}{
+		{"shadow", "", ExitOK,
+			[]string{"reason interrupt_calls_discarded (shadow: counted, nothing changed)", "pending of resp_2: call_B (function_call)", "transcript: append"},
+			[]string{"enforced"}},
+		{"enforced", "interrupt-discards-calls", ExitOK,
+			[]string{"reason interrupt_calls_discarded (shadow, enforced by --enforce)", "pending of resp_2: none"},
+			[]string{"call_B (function_call)"}},
+		{"unknown rule", "interrupt-discard-calls", ExitError, []string{`unknown rule "interrupt-discard-calls"`}, nil},
+		{"not a shadow rule", "record-pending-calls", ExitError, []string{`rule "record-pending-calls" is not a shadow rule`}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a := args
+			if tc.enforce != "" {
+				a = append(slices.Clone(args), "--enforce", tc.enforce)
+			}
+			code, out, errs := run(a...)
+			require.Equal(t, tc.code, code, errs)
+			for _, w := range tc.want {
+				assert.Contains(t, out+errs, w)
+			}
+			for _, w := range tc.absent {
+				assert.NotContains(t, out, w)
+			}
+		})
+	}
+}
+
 func TestVars(t *testing.T) {
 	tests := []struct {
 		args         []string
@@ -141,8 +183,9 @@ func TestVars(t *testing.T) {
 		want, absent []string
 	}{
 		{nil, ExitOK, []string{"request.previous_response_id", "error.timeout", "response.unanswered_calls", "session.anchor"}, []string{"session.expected", "request.edits_history"}},
-		{[]string{"--stage", "post_response"}, ExitOK, []string{"response.id", "previous.item_keys"}, []string{"error.code", "recovery.enabled"}},
-		{[]string{"--stage", "pre_send"}, ExitOK, []string{"request.item_keys"}, []string{"response.id", "error.code"}},
+		{[]string{"--stage", "post_response"}, ExitOK, []string{"response.id", "previous.item_keys", "response.incomplete_reason", "response.server_started",
+			"response.injected_outputs", "response.interrupted", "response.interrupt_mode", "response.terminal_calls", "response.terminal_output"}, []string{"error.code", "recovery.enabled"}},
+		{[]string{"--stage", "pre_send"}, ExitOK, []string{"request.item_keys"}, []string{"response.id", "error.code", "response.interrupted"}},
 		{[]string{"--stage", "on_upstream_error"}, ExitOK, []string{"error.timeout", "recovery.client_written"}, []string{"response.status"}},
 		{[]string{"--stage", "pairing"}, ExitError, nil, nil},
 	}

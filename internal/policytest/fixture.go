@@ -47,17 +47,34 @@ type Case struct {
 	// Response is the response of a post_response case.
 	Response *ResponseState `yaml:"response"`
 	State    *State         `yaml:"state"`
-	Expect   Expect         `yaml:"expect"`
-	line     int
+	// Enforce lists shadow rules that act as enforced in this case, so that an alternative
+	// reading shipped as a shadow rule has fixtures of its own.
+	Enforce []string `yaml:"enforce"`
+	Expect  Expect   `yaml:"expect"`
+	line    int
 }
 
 // ResponseState is the response a post_response case bookkeeps; Output holds its output
-// items (YAML mappings).
+// items (YAML mappings). The other fields are the facts the gateway collects while the
+// response is in flight (engine.Response).
 type ResponseState struct {
 	ID     string      `yaml:"id"`
 	Status string      `yaml:"status"`
 	Event  string      `yaml:"event"`
 	Output []yaml.Node `yaml:"output"`
+	// IncompleteReason is the terminal event's incomplete_details.reason.
+	IncompleteReason string `yaml:"incomplete_reason"`
+	// ServerStarted marks a response the server started by itself (a steer's successor).
+	ServerStarted bool `yaml:"server_started"`
+	// InjectedOutputs are the call ids response.inject frames answered.
+	InjectedOutputs []string `yaml:"injected_outputs"`
+	// Interrupted and InterruptMode describe the client's response.interrupt.
+	Interrupted   bool   `yaml:"interrupted"`
+	InterruptMode string `yaml:"interrupt_mode"`
+	// TerminalCalls are the call ids in the terminal event's own output list; giving them
+	// (even as []) says the terminal event carried one, so TerminalOutput defaults to true.
+	TerminalCalls  *[]string `yaml:"terminal_calls"`
+	TerminalOutput *bool     `yaml:"terminal_output"`
 }
 
 // State is the session and upstream state of a case. Missing fields are zero: no anchor,
@@ -404,9 +421,23 @@ func replayOf(r *ReplayState) (engine.Replay, error) {
 	return replay, nil
 }
 
-// responseOf builds the response of a post_response case.
+// responseOf builds the response of a post_response case. Contradictory facts are refused:
+// a fixture that cannot happen pins nothing.
 func responseOf(r *ResponseState) (*engine.Response, error) {
-	resp := &engine.Response{ID: r.ID, Status: r.Status, Event: r.Event}
+	resp := &engine.Response{ID: r.ID, Status: r.Status, Event: r.Event, IncompleteReason: r.IncompleteReason,
+		ServerStarted: r.ServerStarted, Injected: r.InjectedOutputs, Interrupted: r.Interrupted, InterruptMode: r.InterruptMode}
+	if r.InterruptMode != "" && !r.Interrupted {
+		return nil, fmt.Errorf("response: interrupt_mode %q without interrupted: true", r.InterruptMode)
+	}
+	if r.TerminalCalls != nil {
+		resp.TerminalCalls, resp.TerminalOutput = *r.TerminalCalls, true
+	}
+	if r.TerminalOutput != nil {
+		if !*r.TerminalOutput && len(resp.TerminalCalls) > 0 {
+			return nil, fmt.Errorf("response: terminal_calls given with terminal_output: false (a terminal event without an output list names no calls)")
+		}
+		resp.TerminalOutput = *r.TerminalOutput
+	}
 	for i := range r.Output {
 		it, err := itemOf(&r.Output[i])
 		if err != nil {

@@ -61,6 +61,20 @@ func TestBuildTurnState(t *testing.T) {
 			require.Len(t, turn.Response.Items, 1)
 			assert.Equal(t, "call_b", turn.Response.Items[0].CallID)
 		}},
+		{"the in-flight facts of a response", "stage: post_response\n    response: {id: resp_2, incomplete_reason: interrupted, server_started: true, injected_outputs: [call_a], interrupted: true, interrupt_mode: discard_partial_items, terminal_calls: [call_b]}", func(t *testing.T, turn *engine.Turn) {
+			assert.Equal(t, &engine.Response{ID: "resp_2", IncompleteReason: "interrupted", ServerStarted: true, Injected: []string{"call_a"},
+				Interrupted: true, InterruptMode: "discard_partial_items", TerminalCalls: []string{"call_b"}, TerminalOutput: true}, turn.Response)
+		}},
+		{"an empty terminal output list is an output list", "stage: post_response\n    response: {id: resp_2, terminal_calls: []}", func(t *testing.T, turn *engine.Turn) {
+			assert.True(t, turn.Response.TerminalOutput)
+			assert.Empty(t, turn.Response.TerminalCalls)
+		}},
+		{"terminal_output alone", "stage: post_response\n    response: {id: resp_2, terminal_output: true}", func(t *testing.T, turn *engine.Turn) {
+			assert.True(t, turn.Response.TerminalOutput)
+		}},
+		{"no terminal output list unless given", "stage: post_response\n    response: {id: resp_2}", func(t *testing.T, turn *engine.Turn) {
+			assert.False(t, turn.Response.TerminalOutput)
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +91,56 @@ func TestBuildTurnState(t *testing.T) {
 	_, c := parseCase(t, "  - name: c\n    request: {type: response.create}\n    state: {replay: {known: false, last_response_id: resp_1}}\n")
 	_, err := BuildTurn(&File{}, c)
 	assert.ErrorContains(t, err, "describe no transcript")
+}
+
+// TestContradictoryResponseFacts: a response that cannot happen fails the fixture loudly.
+func TestContradictoryResponseFacts(t *testing.T) {
+	tests := []struct{ response, want string }{
+		{"{id: resp_2, interrupt_mode: discard_partial_items}", "interrupt_mode \"discard_partial_items\" without interrupted: true"},
+		{"{id: resp_2, terminal_output: false, terminal_calls: [call_a]}", "terminal_calls given with terminal_output: false"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.want, func(t *testing.T) {
+			f, c := parseCase(t, "  - name: c\n    stage: post_response\n    request: {type: response.create}\n    response: "+tc.response+"\n")
+			_, err := BuildTurn(f, c)
+			assert.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
+// TestEnforce: enforce names shadow rules that act as enforced in the case; a name that is
+// no rule, or no shadow rule, is an error of the fixture.
+func TestEnforce(t *testing.T) {
+	snap, diags := engine.Compile([]engine.Source{{Name: "p.yaml", Data: []byte(`apiVersion: chainmend/v1
+policy: p
+rules:
+  - {id: watched, stage: pre_send, shadow: true, when: "true", actions: [drop_previous_response_id]}
+  - {id: plain, stage: pre_send, when: "true"}
+`)}})
+	require.NotNil(t, snap, diags.Error())
+	tests := []struct {
+		name, enforce, expect, err string
+		passed                     bool
+	}{
+		{"shadow: nothing changes", "[]", "{unchanged: true, fired: [watched, plain]}", "", true},
+		{"enforced: the rule acts", "[watched]", "{request_absent: [previous_response_id], fired: [watched, plain]}", "", true},
+		{"enforced, but the case expects the shadow outcome", "[watched]", "{unchanged: true}", "", false},
+		{"unknown rule", "[nope]", "{}", `names unknown rule "nope"`, false},
+		{"not a shadow rule", "[plain]", "{}", `enforces rule "plain", which is not a shadow rule`, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f, _ := parseCase(t, "  - name: c\n    request: {type: response.create, previous_response_id: resp_1}\n    enforce: "+tc.enforce+"\n    expect: "+tc.expect+"\n")
+			rep, err := Run(snap, []*File{f}, nil)
+			if tc.err != "" {
+				assert.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Len(t, rep.Results, 1)
+			assert.Equal(t, tc.passed, rep.Results[0].Passed, rep.Results[0].Failures)
+		})
+	}
 }
 
 // TestEffectsDiff: every expected effect is compared, and only those given.

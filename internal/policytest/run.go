@@ -106,9 +106,19 @@ func checkRuleIDs(snap *engine.Snapshot, f *File, c *Case) error {
 	}
 	ids = append(ids, c.Expect.NotFired...)
 	ids = append(ids, f.Defaults.Ignore...)
+	ids = append(ids, c.Enforce...)
 	for _, id := range ids {
 		if !snap.HasRule(id) {
 			return fmt.Errorf("%s:%d: case %q names unknown rule %q", f.path, c.line, c.Name, id)
+		}
+	}
+	// Enforcing a rule that is not shadow changes nothing: the case would only seem to pin
+	// another reading.
+	for _, id := range c.Enforce {
+		for _, r := range snap.Rules() {
+			if r.ID == id && !r.Shadow {
+				return fmt.Errorf("%s:%d: case %q enforces rule %q, which is not a shadow rule", f.path, c.line, c.Name, id)
+			}
 		}
 	}
 	if c.Expect.Reasons != nil {
@@ -153,7 +163,7 @@ func runCase(snap *engine.Snapshot, f *File, c *Case, opts Options) (Result, err
 	stage := firstNonEmpty(c.Stage, f.Defaults.Stage, engine.StagePreSend)
 	original := append([]byte(nil), t.Request.Bytes()...)
 	start := time.Now()
-	out := snap.Evaluate(stage, t)
+	out := snap.Evaluate(stage, t, engine.WithEnforced(c.Enforce...))
 	res.Duration = time.Since(start)
 	for _, fr := range out.Fired {
 		res.Fired = append(res.Fired, fr.Rule)
