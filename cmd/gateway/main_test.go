@@ -218,6 +218,9 @@ func (p *proc) reloadRefused(t *testing.T) {
 		_, m := get(t, "http://"+p.addr+"/metrics")
 		return strings.Contains(m, "chainmend_policy_last_reload_successful 0")
 	}, 5*time.Second, 50*time.Millisecond)
+	// The gauge moves just before the refusal is logged: wait for the line too.
+	require.Eventually(t, func() bool { return strings.Contains(p.log(), "policy reload refused") },
+		5*time.Second, 20*time.Millisecond, "%s", p.log())
 }
 
 // TestConfigAndReload: settings from a config file and the environment, /readyz, and a
