@@ -2,6 +2,8 @@ package emulator
 
 import (
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -95,16 +97,59 @@ func TestAPIKey(t *testing.T) {
 	assert.Contains(t, string(body), CodeInvalidAPIKey)
 }
 
+// TestRouting covers the answers that do not depend on a body: unknown
+// paths, wrong methods, and WebSocket upgrades off the Responses endpoint.
 func TestRouting(t *testing.T) {
 	e := StartTest(t)
-	r, err := http.Get(e.URL() + "/v1/models")
-	require.NoError(t, err)
-	r.Body.Close()
-	assert.Equal(t, http.StatusNotFound, r.StatusCode)
-	r, err = http.Get(e.HTTPURL())
-	require.NoError(t, err)
-	r.Body.Close()
-	assert.Equal(t, http.StatusMethodNotAllowed, r.StatusCode)
+	tests := []struct {
+		name    string
+		method  string
+		path    string
+		upgrade bool
+		status  int
+		route   string
+	}{
+		{name: "unknown path", method: http.MethodGet, path: "/v1/nonexistent", status: http.StatusNotFound, route: RouteNotFound},
+		{name: "create without upgrade", method: http.MethodGet, path: "/v1/responses", status: http.StatusMethodNotAllowed, route: RouteResponsesCreate},
+		{name: "wrong method on a known path", method: http.MethodPost, path: "/v1/models", status: http.StatusMethodNotAllowed, route: RouteMethodNotAllowed},
+		{name: "models", method: http.MethodGet, path: "/v1/models", status: http.StatusOK, route: RouteModelsList},
+		{name: "without the v1 prefix", method: http.MethodGet, path: "/models", status: http.StatusOK, route: RouteModelsList},
+		{name: "upgrade on a known path", method: http.MethodGet, path: "/v1/models", upgrade: true, status: http.StatusBadRequest},
+		{name: "upgrade on an unknown path", method: http.MethodGet, path: "/v1/realtime", upgrade: true, status: http.StatusNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.upgrade {
+				ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+				defer cancel()
+				_, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(e.URL(), "http")+tc.path, nil)
+				require.Error(t, err)
+				require.NotNil(t, resp)
+				assert.Equal(t, tc.status, resp.StatusCode)
+				return
+			}
+			r, err := http.NewRequest(tc.method, e.URL()+tc.path, nil)
+			require.NoError(t, err)
+			resp, err := http.DefaultClient.Do(r)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			require.NoError(t, err)
+			assert.Equal(t, tc.status, resp.StatusCode, "%s", body)
+			assert.Equal(t, tc.route, resp.Header.Get(RouteHeader))
+			if tc.status >= 400 {
+				var v struct {
+					Error struct {
+						Type    string `json:"type"`
+						Message string `json:"message"`
+					} `json:"error"`
+				}
+				require.NoError(t, json.Unmarshal(body, &v), "%s", body)
+				assert.Equal(t, TypeInvalidRequest, v.Error.Type)
+				assert.NotEmpty(t, v.Error.Message)
+			}
+		})
+	}
 }
 
 func TestRecording(t *testing.T) {

@@ -27,9 +27,12 @@ const (
 	DefaultEncryptedContentSize = 512
 	DefaultMaxFrameBytes        = 32 << 20
 	DefaultStoreCapacity        = 10000
-	defaultQueueDepth           = 16
+	DefaultChatText             = "ok"
 	defaultStartupListenAddr    = "127.0.0.1:0"
 )
+
+// DefaultModels is what GET /v1/models lists unless WithModels says otherwise.
+var DefaultModels = []string{"gpt-5.5", "gpt-5.5-mini", "text-embedding-3-small"}
 
 type config struct {
 	script      Script
@@ -43,6 +46,10 @@ type config struct {
 	compression bool
 	faults      Faults
 	logger      *slog.Logger
+	interrupt   InterruptReading
+	models      []string
+	chatText    string
+	chunkEvery  time.Duration
 }
 
 // Option configures an Emulator.
@@ -90,6 +97,34 @@ func WithFaults(f Faults) Option { return func(c *config) { c.faults = f } }
 // discards them.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
+// InterruptReading selects how a response.interrupt ends a response. Which
+// reading the real API follows is unverified, so tests can run against each.
+// The zero value is the default reading.
+type InterruptReading struct {
+	// Cancel ends the response with response.cancelled (status "cancelled")
+	// instead of response.incomplete with incomplete_details.reason
+	// "interrupted".
+	Cancel bool
+	// DiscardCalls drops the calls the response had already emitted from its
+	// output, so nothing is owed for them and answering them is an orphan
+	// output. By default they stay in the output and pending: the next create
+	// must answer them.
+	DiscardCalls bool
+}
+
+// WithInterrupt selects the interrupt reading.
+func WithInterrupt(r InterruptReading) Option { return func(c *config) { c.interrupt = r } }
+
+// WithModels sets the model ids GET /v1/models lists.
+func WithModels(ids ...string) Option { return func(c *config) { c.models = ids } }
+
+// WithChatText sets the assistant text POST /v1/chat/completions answers.
+func WithChatText(text string) Option { return func(c *config) { c.chatText = text } }
+
+// WithChunkInterval sets the pause between the chunks of a streamed chat
+// completion, so a test can watch chunks arrive (and cancel) before the end.
+func WithChunkInterval(d time.Duration) Option { return func(c *config) { c.chunkEvery = d } }
+
 // Emulator is the Responses API stand-in. It is an http.Handler; Start also
 // serves it on a local port. All methods are safe for concurrent use.
 type Emulator struct {
@@ -97,6 +132,10 @@ type Emulator struct {
 	count counters
 
 	createSeq, respSeq, itemSeq, callSeq, encSeq, connSeq atomic.Int64
+	steerSeq, httpSeq                                     atomic.Int64
+	// epoch stamps the deterministic answers of the other endpoints, so the
+	// same request gets the same bytes for the emulator's whole life.
+	epoch int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -113,6 +152,10 @@ type Emulator struct {
 	storedOrder []string
 	storedItems map[string]Item
 	live        map[*Conn]func()
+	controls    []*Control
+	httpRecs    []*HTTPRecord
+	files       map[string]*file
+	fileOrder   []string
 
 	srv       *http.Server
 	serveDone chan struct{}
@@ -129,6 +172,8 @@ func New(opts ...Option) *Emulator {
 		maxFrame:   DefaultMaxFrameBytes,
 		storeCap:   DefaultStoreCapacity,
 		record:     true,
+		models:     DefaultModels,
+		chatText:   DefaultChatText,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -153,6 +198,8 @@ func New(opts ...Option) *Emulator {
 		stored:      make(map[string]*response),
 		storedItems: make(map[string]Item),
 		live:        make(map[*Conn]func()),
+		files:       make(map[string]*file),
+		epoch:       time.Now().Unix(),
 	}
 }
 
@@ -295,37 +342,6 @@ func (e *Emulator) untrack(c *Conn) {
 	e.mu.Unlock()
 }
 
-// ServeHTTP routes WebSocket upgrades and POSTs on any path ending in
-// /responses, so a gateway configured with or without /v1 both work.
-func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !strings.HasSuffix(r.URL.Path, "/responses") {
-		writeAPIError(w, &APIError{Status: http.StatusNotFound, Type: TypeInvalidRequest,
-			Message: fmt.Sprintf("Invalid URL (%s %s)", r.Method, r.URL.Path)})
-		return
-	}
-	if e.cfg.apiKey != "" && r.Header.Get("Authorization") != "Bearer "+e.cfg.apiKey {
-		writeAPIError(w, &APIError{Status: http.StatusUnauthorized, Type: TypeInvalidRequest, Code: CodeInvalidAPIKey,
-			Message: "Incorrect API key provided."})
-		return
-	}
-	if !e.enter() {
-		writeAPIError(w, &APIError{Status: http.StatusServiceUnavailable, Type: TypeServerError,
-			Message: "The emulator is shutting down."})
-		return
-	}
-	defer e.wg.Done()
-	switch {
-	case isUpgrade(r):
-		e.serveWS(w, r)
-	case r.Method == http.MethodPost:
-		e.serveHTTP(w, r)
-	default:
-		w.Header().Set("Allow", "GET, POST")
-		writeAPIError(w, &APIError{Status: http.StatusMethodNotAllowed, Type: TypeInvalidRequest,
-			Message: "Use POST, or GET with a WebSocket upgrade."})
-	}
-}
-
 func isUpgrade(r *http.Request) bool {
 	return strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
 }
@@ -346,22 +362,29 @@ type exchange struct {
 	err      *APIError
 	injected bool
 	header   http.Header
+	// steers is the accepted steering this exchange carries: queued for the
+	// chained response, or, for a successor, its whole input.
+	steers []*steer
+	// closing holds the connection-level faults in force when the create
+	// arrived, so a test that changes them after reading a terminal event
+	// does not race the response it just read.
+	closing Faults
 }
 
-// begin validates a create against the emulator's state. cached is the
-// connection's most recent response (nil over HTTP or on a fresh
-// connection); it is the only store:false response this create may chain to.
-func (e *Emulator) begin(conn *Conn, transport string, frame []byte, p *parsedCreate, perr *APIError, cached *response) *exchange {
+// begin validates a create against the emulator's state. sc (nil over HTTP)
+// holds what the create's lane may chain to: its latest response, and for a
+// lane that has produced nothing yet, the latest responses of the other
+// lanes (a fork). Stored responses chain from anywhere.
+func (e *Emulator) begin(conn *Conn, transport string, frame []byte, p *parsedCreate, perr *APIError, sc *scope) *exchange {
 	seq := int(e.createSeq.Add(1))
 	e.count.creates.Add(1)
-	e.mu.Lock()
-	fault := e.faults.forCreate(seq)
-	e.mu.Unlock()
+	fault, closing := e.faultsFor(seq)
 	x := &exchange{
-		rec:    &Create{Seq: seq, Conn: conn.seq, Transport: transport, Frame: frame, Outcome: OutcomePending},
-		p:      p,
-		fault:  fault,
-		header: conn.header,
+		rec:     &Create{Seq: seq, Conn: conn.seq, Transport: transport, Frame: frame, Outcome: OutcomePending, Lane: sc.laneName()},
+		p:       p,
+		fault:   fault,
+		closing: closing,
+		header:  conn.header,
 	}
 	err := perr
 	if err == nil {
@@ -369,10 +392,19 @@ func (e *Emulator) begin(conn *Conn, transport string, frame []byte, p *parsedCr
 	}
 	if err == nil && p.prevID != "" {
 		switch {
-		case cached != nil && cached.id == p.prevID:
-			x.prev = cached
+		case sc != nil && sc.cached != nil && sc.cached.id == p.prevID:
+			x.prev = sc.cached
+			x.steers = sc.pre
 		default:
-			x.prev = e.lookupStored(p.prevID)
+			if sc != nil && sc.fork != nil {
+				if r, from, ok := sc.fork(p.prevID); ok {
+					x.prev = r
+					x.rec.Fork, x.rec.ForkLane = true, from
+				}
+			}
+			if x.prev == nil {
+				x.prev = e.lookupStored(p.prevID)
+			}
 			if x.prev == nil {
 				err = ErrPreviousResponseNotFound(p.prevID)
 			}
@@ -383,8 +415,10 @@ func (e *Emulator) begin(conn *Conn, transport string, frame []byte, p *parsedCr
 	}
 	if err == nil {
 		if x.prev != nil {
-			x.ctx = make([]Item, 0, len(x.prev.context)+len(p.input))
+			pre := steerItems(x.steers)
+			x.ctx = make([]Item, 0, len(x.prev.context)+len(pre)+len(p.input))
 			x.ctx = append(x.ctx, x.prev.context...)
+			x.ctx = append(x.ctx, pre...)
 			x.ctx = append(x.ctx, p.input...)
 		} else {
 			x.ctx = p.input
@@ -398,10 +432,31 @@ func (e *Emulator) begin(conn *Conn, transport string, frame []byte, p *parsedCr
 		x.rec.Generate = p.generate
 		x.rec.Input = p.input
 		x.rec.Context = x.ctx
+		x.rec.Steers = steerIDs(x.steers)
 	}
+	x.settleError(err)
+	e.addCreate(x.rec)
+	return x
+}
+
+// faultsFor returns the fault of create seq and the connection-level close
+// faults, read together when the create arrives.
+func (e *Emulator) faultsFor(seq int) (CreateFault, Faults) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f := e.faults
+	return f.forCreate(seq), Faults{
+		CloseAfterResponses: f.CloseAfterResponses,
+		CloseAfterCompleted: f.CloseAfterCompleted,
+		CloseMode:           f.CloseMode,
+	}
+}
+
+// settleError records the validation error, unless a fault overrides it.
+func (x *exchange) settleError(err *APIError) {
 	x.err = err
-	if fault.Error != nil {
-		x.err = fault.Error
+	if x.fault.Error != nil {
+		x.err = x.fault.Error
 		x.injected = true
 	}
 	if x.err != nil {
@@ -409,6 +464,58 @@ func (e *Emulator) begin(conn *Conn, transport string, frame []byte, p *parsedCr
 		x.rec.Error = x.err
 		x.rec.Injected = x.injected
 	}
+}
+
+// refuse records a create that never reached a lane (invalid stream_id, lane
+// limit); lane is the stream_id it named, when it was a string.
+func (e *Emulator) refuse(conn *Conn, frame []byte, p *parsedCreate, lane *string, err *APIError) {
+	seq := int(e.createSeq.Add(1))
+	e.count.creates.Add(1)
+	rec := &Create{Seq: seq, Conn: conn.seq, Transport: transportWS, Frame: frame, Outcome: OutcomeError, Error: err}
+	if lane != nil {
+		rec.Lane = *lane
+	}
+	if p != nil {
+		rec.Model = p.wire.Model
+		rec.PreviousResponseID = p.prevID
+		rec.Store = p.store
+		rec.Generate = p.generate
+		rec.Input = p.input
+	}
+	e.addCreate(rec)
+}
+
+// beginSuccessor prepares the response the server starts after a steer: the
+// steered request's settings, chained to r, with the steering as input. It
+// takes a create sequence number, so faults can target it.
+func (e *Emulator) beginSuccessor(conn *Conn, parent *exchange, r *response, steers []*steer, lane string) *exchange {
+	seq := int(e.createSeq.Add(1))
+	e.count.creates.Add(1)
+	e.count.successors.Add(1)
+	fault, closing := e.faultsFor(seq)
+	p := *parent.p
+	p.prevID = r.id
+	p.generate = true
+	p.input = steerItems(steers)
+	frame := steerFrame(r.id, steers)
+	x := &exchange{
+		rec: &Create{
+			Seq: seq, Conn: conn.seq, Transport: transportWS, Frame: frame, Outcome: OutcomePending,
+			Lane: lane, Successor: true, Model: p.wire.Model, PreviousResponseID: r.id, Store: p.store,
+			Generate: true, Input: p.input, Steers: steerIDs(steers),
+		},
+		p:       &p,
+		prev:    r,
+		fault:   fault,
+		closing: closing,
+		header:  parent.header,
+		steers:  steers,
+	}
+	x.ctx = make([]Item, 0, len(r.context)+len(p.input))
+	x.ctx = append(x.ctx, r.context...)
+	x.ctx = append(x.ctx, p.input...)
+	x.rec.Context = x.ctx
+	x.settleError(checkContext(x.ctx))
 	e.addCreate(x.rec)
 	return x
 }
@@ -418,11 +525,19 @@ func (x *exchange) chainsTo(r *response) bool {
 	return r != nil && x.p != nil && x.p.prevID == r.id
 }
 
-// run asks the script for a turn and streams the response. commit (may be
-// nil) runs with the emulator's bookkeeping right before the terminal event.
-// It returns the script's error answer, or a stream error (errDropped for a
-// fault).
-func (e *Emulator) run(ctx context.Context, x *exchange, out sink, commit func(*response)) (*response, *APIError, error) {
+// runHooks connect a response to its WebSocket lane; run takes nil over HTTP.
+type runHooks struct {
+	// open registers the response before its first event and returns the
+	// flight control frames act on.
+	open func(r *response, t Turn, st *streamer) *flight
+	// commit runs with the emulator's bookkeeping right before the terminal
+	// event.
+	commit func(r *response)
+}
+
+// run asks the script for a turn and streams the response. It returns the
+// script's error answer, or a stream error (errDropped for a fault).
+func (e *Emulator) run(ctx context.Context, x *exchange, out sink, h *runHooks) (*response, *APIError, error) {
 	var turn Turn
 	if x.p.generate {
 		turn = e.callScript(x)
@@ -436,16 +551,20 @@ func (e *Emulator) run(ctx context.Context, x *exchange, out sink, commit func(*
 	if r.warmup {
 		r.status = StatusCompleted
 	}
-	s := &streamer{ctx: ctx, sink: out, fault: x.fault}
-	err := x.stream(s, r, items, func() {
+	s := &streamer{ctx: ctx, sink: out, fault: x.fault, lane: x.rec.Lane}
+	var f *flight
+	if h != nil && h.open != nil {
+		f = h.open(r, turn, s)
+	}
+	err := x.stream(s, r, items, f, e.cfg.interrupt, func() {
 		e.count.responses.Add(1)
 		if r.status == StatusCompleted {
 			e.count.completed.Add(1)
 		}
 		e.remember(r, x.p.input)
 		e.finish(x, r.status, r, nil)
-		if commit != nil {
-			commit(r)
+		if h != nil && h.commit != nil {
+			h.commit(r)
 		}
 	})
 	return r, nil, err
@@ -472,6 +591,8 @@ func (e *Emulator) callScript(x *exchange) (t Turn) {
 		Context:            x.ctx,
 		Frame:              x.rec.Frame,
 		Header:             x.header,
+		Lane:               x.rec.Lane,
+		Successor:          x.rec.Successor,
 	}
 	return e.currentScript().Turn(req)
 }
@@ -535,9 +656,21 @@ type ResponseInfo struct {
 	ID     string
 	Conn   int
 	Create int
+	// Lane is the stream_id the response ran on ("" for the default lane).
+	Lane   string
 	Status string
-	Store  bool
-	Warmup bool
+	// IncompleteReason is incomplete_details.reason of an incomplete
+	// response: "steered", "interrupted" or "max_output_tokens".
+	IncompleteReason string
+	Store            bool
+	Warmup           bool
+	// Successor reports a response the server started after a steer.
+	Successor          bool
+	PreviousResponseID string
+	// PendingCalls are the call ids of the output that the response's own
+	// context does not answer: what a continuation must send outputs for.
+	// Calls answered by response.inject are not pending.
+	PendingCalls []string
 	// Output holds the output items as sent in the terminal event.
 	Output []json.RawMessage
 	// Items holds their headers; Context what a continuation chains onto.
@@ -554,8 +687,12 @@ func (e *Emulator) Response(id string) (ResponseInfo, bool) {
 		return ResponseInfo{}, false
 	}
 	info := ResponseInfo{
-		ID: r.id, Conn: r.conn, Create: r.createSeq, Status: r.status, Store: r.store, Warmup: r.warmup,
+		ID: r.id, Conn: r.conn, Create: r.createSeq, Lane: r.lane, Status: r.status, IncompleteReason: r.reason,
+		Store: r.store, Warmup: r.warmup, Successor: r.successor, PreviousResponseID: r.prevID,
 		Items: r.items, Context: r.context,
+	}
+	for _, c := range owedCalls(r) {
+		info.PendingCalls = append(info.PendingCalls, c.CallID)
 	}
 	for _, o := range r.output {
 		info.Output = append(info.Output, json.RawMessage(o))

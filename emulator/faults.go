@@ -57,7 +57,8 @@ func (f CreateFault) merge(o CreateFault) CreateFault {
 
 // Faults is the emulator's fault configuration. Read it with Emulator.Faults
 // and change it with Emulator.SetFaults or Emulator.UpdateFaults at any time;
-// a create picks up the configuration in force when it arrives.
+// a create picks up the configuration in force when it arrives, the
+// connection-level close faults included (they apply after its response).
 type Faults struct {
 	// All applies to every create.
 	All CreateFault

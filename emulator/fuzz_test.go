@@ -18,6 +18,10 @@ func FuzzCreate(f *testing.F) {
 	f.Add([]byte(`{"type":"response.create","model":"m","store":false,"previous_response_id":"resp_emu0001","input":[]}`))
 	f.Add([]byte(`{"type":"response.create","model":"m","input":[{"type":"reasoning","id":"rs_x"}]}`))
 	f.Add([]byte(`null`))
+	f.Add([]byte(`{"type":"response.create","model":"m","stream_id":"lane_a.1","input":[]}`))
+	f.Add([]byte(`{"type":"response.create","model":"m","stream_id":7,"input":[]}`))
+	f.Add([]byte(`{"type":"response.steer","previous_response_id":"resp_1","input":[{"role":"user","content":[{"type":"input_text","text":"x"}]}]}`))
+	f.Add([]byte(`{"type":"response.inject","response_id":"resp_1","input":[{"type":"function_call_output","call_id":"c","output":"x"}]}`))
 
 	e := New(WithScript(ToolLoop("exec_command", `{"cmd":"ls"}`)), WithRecording(false), WithTextDeltas(3))
 	f.Cleanup(e.Close)
@@ -28,7 +32,7 @@ func FuzzCreate(f *testing.F) {
 	// answered call, then a cached store:false response with a pending one.
 	seed := func(frame string, cached *response) *response {
 		p, perr := parseCreate([]byte(frame))
-		x := e.begin(conn, transportWS, []byte(frame), p, perr, cached)
+		x := e.begin(conn, transportWS, []byte(frame), p, perr, &scope{cached: cached})
 		if x.err != nil {
 			f.Fatalf("seed rejected: %v", x.err)
 		}
@@ -42,6 +46,14 @@ func FuzzCreate(f *testing.F) {
 	cached := seed(`{"type":"response.create","model":"m","store":false,"input":[{"type":"message","role":"user","content":"go"}]}`, nil)
 
 	f.Fuzz(func(t *testing.T, frame []byte) {
+		// Control frames are parsed on the reader goroutine: they must never
+		// panic, and a steer's answer must render as JSON.
+		if sr, msg := parseSteer(frame); msg == "" {
+			if steerFrame := steerFrame("resp_x", []*steer{sr}); !json.Valid(steerFrame) {
+				t.Fatalf("successor frame is not JSON: %s", steerFrame)
+			}
+		}
+		_, _ = injectInput(frame)
 		p, perr := parseCreate(frame)
 		if p == nil {
 			if perr == nil {
@@ -59,7 +71,7 @@ func FuzzCreate(f *testing.F) {
 			}
 			return
 		}
-		x := e.begin(conn, transportWS, frame, p, perr, cached)
+		x := e.begin(conn, transportWS, frame, p, perr, &scope{cached: cached})
 		if x.err != nil {
 			checkErrorFrame(t, x.err)
 			return

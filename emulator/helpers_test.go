@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,10 +19,18 @@ import (
 
 const testTimeout = 5 * time.Second
 
-// wsClient is a test client speaking WebSocket mode.
+// wsClient is a test client speaking WebSocket mode. A background reader
+// queues frames, so waiting for a frame with a timeout does not close the
+// socket (coder/websocket closes it when a Read's context expires).
 type wsClient struct {
 	t *testing.T
 	c *websocket.Conn
+
+	start  sync.Once
+	mu     sync.Mutex
+	frames [][]byte
+	err    error
+	notify chan struct{}
 }
 
 func dial(t *testing.T, e *Emulator, header http.Header) *wsClient {
@@ -49,15 +58,53 @@ func (w *wsClient) send(v any) {
 	w.sendRaw(b)
 }
 
+func (w *wsClient) readLoop() {
+	for {
+		_, data, err := w.c.Read(context.Background())
+		w.mu.Lock()
+		if err != nil {
+			w.err = err
+		} else {
+			w.frames = append(w.frames, data)
+		}
+		w.mu.Unlock()
+		select {
+		case w.notify <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 // next reads one frame; a read error is returned so tests can assert closes.
 func (w *wsClient) next(timeout time.Duration) (event, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	_, data, err := w.c.Read(ctx)
-	if err != nil {
-		return event{}, err
+	w.start.Do(func() {
+		w.notify = make(chan struct{}, 1)
+		go w.readLoop()
+	})
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		w.mu.Lock()
+		if len(w.frames) > 0 {
+			data := w.frames[0]
+			w.frames = w.frames[1:]
+			w.mu.Unlock()
+			return parseEvent(w.t, data), nil
+		}
+		err := w.err
+		w.mu.Unlock()
+		if err != nil {
+			return event{}, err
+		}
+		select {
+		case <-w.notify:
+		case <-deadline.C:
+			return event{}, context.DeadlineExceeded
+		}
 	}
-	return parseEvent(w.t, data), nil
 }
 
 // result collects the events of one create up to its terminal event or
@@ -108,11 +155,57 @@ func (w *wsClient) collect() result {
 		case "error":
 			res.err = &ev
 			return res
-		case "response.completed", "response.failed", "response.incomplete":
+		case "response.completed", "response.failed", "response.incomplete", "response.cancelled":
 			res.terminal = ev
 			return res
 		}
 	}
+}
+
+// until reads frames up to and including the first one done accepts.
+func (w *wsClient) until(done func(event) bool) []event {
+	w.t.Helper()
+	var out []event
+	for {
+		ev, err := w.next(testTimeout)
+		require.NoError(w.t, err, "after %v", eventTypes(out))
+		out = append(out, ev)
+		if done(ev) {
+			return out
+		}
+	}
+}
+
+// terminalOf accepts the terminal event of response id.
+func terminalOf(id string) func(event) bool {
+	return func(ev event) bool { return isTerminal(ev.Type) && ev.Response.ID == id }
+}
+
+func isTerminal(typ string) bool {
+	switch typ {
+	case "response.completed", "response.failed", "response.incomplete", "response.cancelled":
+		return true
+	}
+	return false
+}
+
+func typeIs(typ string) func(event) bool {
+	return func(ev event) bool { return ev.Type == typ }
+}
+
+func eventTypes(evs []event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.Type
+	}
+	return out
+}
+
+// silent asserts that no frame arrives within d.
+func (w *wsClient) silent(d time.Duration) {
+	w.t.Helper()
+	ev, err := w.next(d)
+	require.Error(w.t, err, "unexpected frame %s", ev.raw)
 }
 
 func (w *wsClient) create(v any) result {
@@ -122,19 +215,33 @@ func (w *wsClient) create(v any) result {
 }
 
 type event struct {
-	Type     string `json:"type"`
-	Status   int    `json:"status"`
-	Seq      *int   `json:"sequence_number"`
+	Type     string  `json:"type"`
+	Status   int     `json:"status"`
+	Seq      *int    `json:"sequence_number"`
+	StreamID *string `json:"stream_id"`
 	Response struct {
-		ID     string            `json:"id"`
-		Status string            `json:"status"`
-		Output []json.RawMessage `json:"output"`
-		Usage  json.RawMessage   `json:"usage"`
-		Prev   *string           `json:"previous_response_id"`
+		ID                string            `json:"id"`
+		Status            string            `json:"status"`
+		Output            []json.RawMessage `json:"output"`
+		Usage             json.RawMessage   `json:"usage"`
+		Prev              *string           `json:"previous_response_id"`
+		IncompleteDetails *struct {
+			Reason string `json:"reason"`
+		} `json:"incomplete_details"`
 	} `json:"response"`
-	Item  json.RawMessage `json:"item"`
-	Delta string          `json:"delta"`
-	Error struct {
+	// Control replies: steer.*, inject.*.
+	ResponseID string `json:"response_id"`
+	Steer      struct {
+		ID                 string          `json:"id"`
+		PreviousResponseID string          `json:"previous_response_id"`
+		Input              json.RawMessage `json:"input"`
+	} `json:"steer"`
+	Reason        string          `json:"reason"`
+	RequiredInput json.RawMessage `json:"required_input"`
+	Input         json.RawMessage `json:"input"`
+	Item          json.RawMessage `json:"item"`
+	Delta         string          `json:"delta"`
+	Error         struct {
 		Type    string  `json:"type"`
 		Code    *string `json:"code"`
 		Message string  `json:"message"`

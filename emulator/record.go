@@ -33,6 +33,10 @@ type Frame struct {
 	// Type is the frame's "type" (the SSE event name over HTTP) once known;
 	// an unparseable frame keeps it empty.
 	Type string
+	// Lane is the stream_id the frame carries ("" on the default lane):
+	// the lane of a create or steer received, the lane of every event sent on
+	// a named lane.
+	Lane string
 	// Data is the frame as on the wire, shared with the recording: do not
 	// modify it.
 	Data []byte
@@ -94,6 +98,27 @@ func (c *Conn) SentTypes() []string {
 	return out
 }
 
+// SentOn returns the frames sent on one lane ("" for the default lane), in
+// wire order.
+func (c *Conn) SentOn(lane string) []Frame {
+	var out []Frame
+	for _, f := range c.Sent() {
+		if f.Lane == lane {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// SentTypesOn returns the types of the frames sent on one lane.
+func (c *Conn) SentTypesOn(lane string) []string {
+	var out []string
+	for _, f := range c.SentOn(lane) {
+		out = append(out, f.Type)
+	}
+	return out
+}
+
 func (c *Conn) filter(d Direction) []Frame {
 	var out []Frame
 	for _, f := range c.Frames() {
@@ -132,23 +157,24 @@ func (c *Conn) Drop() {
 	}
 }
 
-func (c *Conn) add(d Direction, typ string, data []byte) *Frame {
+func (c *Conn) add(d Direction, typ, lane string, data []byte) *Frame {
 	if !c.record {
 		return nil
 	}
-	f := &Frame{Dir: d, Type: typ, Data: data, Time: time.Now()}
+	f := &Frame{Dir: d, Type: typ, Lane: lane, Data: data, Time: time.Now()}
 	c.mu.Lock()
 	c.frames = append(c.frames, f)
 	c.mu.Unlock()
 	return f
 }
 
-func (c *Conn) setType(f *Frame, typ string) {
+func (c *Conn) setType(f *Frame, typ, lane string) {
 	if f == nil {
 		return
 	}
 	c.mu.Lock()
 	f.Type = typ
+	f.Lane = lane
 	c.mu.Unlock()
 }
 
@@ -176,6 +202,7 @@ const (
 	OutcomeCompleted  = StatusCompleted
 	OutcomeIncomplete = StatusIncomplete
 	OutcomeFailed     = StatusFailed
+	OutcomeCancelled  = StatusCancelled
 	OutcomeError      = "error"
 	OutcomeStalled    = "stalled"
 	OutcomeDropped    = "dropped"
@@ -189,6 +216,20 @@ type Create struct {
 	Conn      int
 	Transport string
 	Frame     []byte
+	// Lane is the stream_id the create named ("" for the default lane; for a
+	// refused create, the invalid value when it was a string).
+	Lane string
+	// Fork reports a create on a lane with no response yet that chained to
+	// the latest response of lane ForkLane.
+	Fork     bool
+	ForkLane string
+	// Successor reports a response the server started after a steer; it
+	// is recorded as a create with Frame assembled from the steers.
+	Successor bool
+	// Steers are the ids of the accepted steering this create carries: what
+	// response.steer.pending queued for the chained response (prepended to
+	// Context), or a successor's whole input.
+	Steers []string
 
 	Model              string
 	PreviousResponseID string
@@ -228,11 +269,28 @@ type Stats struct {
 	Stalls          int64
 	Drops           int64
 	FaultCloses     int64
+	// Lanes counts named lanes opened; PeakInFlight is the most responses
+	// one connection had in flight at once.
+	Lanes        int64
+	PeakInFlight int64
+	// Steers, Injects and Interrupts count the control frames received;
+	// Successors the responses started by steers.
+	Steers     int64
+	Injects    int64
+	Interrupts int64
+	Successors int64
+	// HTTPRequests counts plain HTTP requests (every endpoint, including
+	// POST /v1/responses); ClientCancels those whose client went away before
+	// the answer was complete.
+	HTTPRequests  int64
+	ClientCancels int64
 }
 
 type counters struct {
 	connections, open, creates, warmups, responses, completed atomic.Int64
 	errors, acks, framesIn, framesOut, stalls, drops, closes  atomic.Int64
+	lanes, peak, steers, injects, interrupts, successors      atomic.Int64
+	httpRequests, clientCancels                               atomic.Int64
 }
 
 // Stats returns a snapshot of the counters.
@@ -252,6 +310,14 @@ func (e *Emulator) Stats() Stats {
 		Stalls:          c.stalls.Load(),
 		Drops:           c.drops.Load(),
 		FaultCloses:     c.closes.Load(),
+		Lanes:           c.lanes.Load(),
+		PeakInFlight:    c.peak.Load(),
+		Steers:          c.steers.Load(),
+		Injects:         c.injects.Load(),
+		Interrupts:      c.interrupts.Load(),
+		Successors:      c.successors.Load(),
+		HTTPRequests:    c.httpRequests.Load(),
+		ClientCancels:   c.clientCancels.Load(),
 	}
 }
 
@@ -346,4 +412,66 @@ func (e *Emulator) updateCreate(c *Create, fn func(*Create)) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	fn(c)
+}
+
+// Control records one response.steer, response.inject or response.interrupt
+// frame and what the emulator made of it.
+type Control struct {
+	Conn int
+	// Type is the frame type.
+	Type string
+	// ResponseID is the response the frame named (previous_response_id of a
+	// steer).
+	ResponseID string
+	// Lane is the lane of the named response, once known.
+	Lane string
+	// Outcome is, for a steer, "accepted", "pending", "steered" (a successor
+	// started), "applied" (a continuation carried the pending steering) or
+	// "failed"; for an inject, "created", "failed" or "error"
+	// (error frame); for an interrupt, "interrupted", "ignored" (the response
+	// had just ended) or "error".
+	Outcome string
+	// SteerID is the id issued to an accepted steer; Code the error code of
+	// a failure.
+	SteerID string
+	Code    string
+	Frame   []byte
+}
+
+// Controls returns a copy of every control record in arrival order.
+func (e *Emulator) Controls() []Control {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Control, len(e.controls))
+	for i, c := range e.controls {
+		out[i] = *c
+	}
+	return out
+}
+
+// addControl stores a control record (when recording) and returns it for
+// later updates; the record is private to the caller until then.
+func (e *Emulator) addControl(c *Control) *Control {
+	if !e.cfg.record {
+		return c
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.controls = append(e.controls, c)
+	return c
+}
+
+func (e *Emulator) updateControl(c *Control, fn func(*Control)) {
+	if c == nil {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	fn(c)
+}
+
+func (e *Emulator) updateControls(steers []*steer, outcome string) {
+	for _, st := range steers {
+		e.updateControl(st.rec, func(c *Control) { c.Outcome = outcome })
+	}
 }

@@ -116,6 +116,9 @@ type wireCreate struct {
 	Metadata           json.RawMessage `json:"metadata"`
 	PromptCacheKey     json.RawMessage `json:"prompt_cache_key"`
 	ServiceTier        json.RawMessage `json:"service_tier"`
+	// StreamID stays raw so that a non-string lane gets invalid_stream_id
+	// rather than a type error.
+	StreamID json.RawMessage `json:"stream_id"`
 }
 
 // parsedCreate is a create after decoding, before it is checked against state.
@@ -126,6 +129,13 @@ type parsedCreate struct {
 	generate bool
 	stream   bool
 	input    []Item
+	// hasLane reports a stream_id field; lane is its value when valid and
+	// laneEcho the string to echo on an invalid_stream_id frame (nil when the
+	// field is not a string).
+	hasLane  bool
+	laneOK   bool
+	lane     string
+	laneEcho *string
 }
 
 // parseCreate decodes a create once. Errors are the API errors the real
@@ -160,6 +170,11 @@ func parseCreate(frame []byte) (*parsedCreate, *APIError) {
 	p.store = w.Store == nil || *w.Store
 	p.generate = w.Generate == nil || *w.Generate
 	p.stream = w.Stream != nil && *w.Stream
+	if len(w.StreamID) > 0 {
+		p.hasLane = true
+		p.lane, p.laneEcho, p.laneOK = parseLane(w.StreamID)
+		w.StreamID = nil
+	}
 	p.input = make([]Item, len(w.Input))
 	for i, wi := range w.Input {
 		typ := wi.Type
@@ -269,9 +284,17 @@ type Request struct {
 	// shared with the emulator's records and must not be modified.
 	Input   []Item
 	Context []Item
-	// Frame is the raw create; Header the handshake or POST headers.
+	// Frame is the raw create; Header the handshake or POST headers. For a
+	// successor, Frame is a response.steer frame the emulator assembles from
+	// the accepted steers, whose input is Input.
 	Frame  []byte
 	Header http.Header
+	// Lane is the create's stream_id ("" on the default lane).
+	Lane string
+	// Successor reports a response the server started by itself after a
+	// steer: PreviousResponseID is the steered response and Input the
+	// steering messages.
+	Successor bool
 }
 
 // LastInput returns the last new item, or a zero Item for an empty input.

@@ -5,11 +5,13 @@ import (
 	"sync"
 )
 
-// Terminal statuses a Turn can end with.
+// Terminal statuses a Turn can end with. StatusCancelled is only reached
+// through response.interrupt under InterruptReading.Cancel.
 const (
 	StatusCompleted  = "completed"
 	StatusIncomplete = "incomplete"
 	StatusFailed     = "failed"
+	StatusCancelled  = "cancelled"
 )
 
 // Script decides the model's answer to each create that generates output.
@@ -36,6 +38,14 @@ type Turn struct {
 	// TextDeltas overrides the emulator's number of output_text.delta events
 	// per message when positive.
 	TextDeltas int
+	// AwaitControl (WebSocket only) holds the response before its terminal
+	// event until a steer, inject or interrupt frame names it, so a test can
+	// act on an in-flight response without racing its stream.
+	AwaitControl bool
+	// AwaitInject (WebSocket only) holds the response after each call it
+	// emits until a response.inject answers that call or an interrupt ends
+	// the response, as a multi-agent response waits for client tool output.
+	AwaitInject bool
 }
 
 // Output describes one output item of a Turn.

@@ -3,7 +3,6 @@ package emulator
 import (
 	"context"
 	"errors"
-	"io"
 	"net/http"
 	"sync"
 )
@@ -11,7 +10,8 @@ import (
 // serveHTTP answers POST /v1/responses. Every request is its own connection
 // record: there is no connection cache over HTTP, so store:false responses
 // can never be chained here.
-func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
+func (e *Emulator) serveHTTP(c *call) {
+	w, r, body := c.w, c.r, c.body
 	conn := e.newConn(e.nextConnSeq(), transportHTTP, r.Header)
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
@@ -32,23 +32,11 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	reason := "request done"
 	defer func() { e.endConn(conn, reason) }()
 
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, e.cfg.maxFrame))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			e.count.errors.Add(1)
-			writeAPIError(w, &APIError{Status: http.StatusRequestEntityTooLarge, Type: TypeInvalidRequest,
-				Message: "The request body is too large."})
-			return
-		}
-		reason = "body read failed"
-		return
-	}
 	e.count.framesIn.Add(1)
-	in := conn.add(Received, "", body)
+	in := conn.add(Received, "", "", body)
 	p, perr := parseCreate(body)
 	if p != nil {
-		conn.setType(in, "response.create")
+		conn.setType(in, "response.create", "")
 	}
 	x := e.begin(conn, transportHTTP, body, p, perr, nil)
 	abort := func() {
@@ -75,7 +63,7 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if x.err != nil {
 		e.count.errors.Add(1)
 		e.finish(x, OutcomeError, nil, x.err)
-		conn.add(Sent, "error", x.err.HTTPBody())
+		conn.add(Sent, "error", "", x.err.HTTPBody())
 		writeAPIError(w, x.err)
 		return
 	}
@@ -102,7 +90,7 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		buf = append(buf, "\ndata: "...)
 		buf = append(buf, data...)
 		buf = append(buf, '\n', '\n')
-		conn.add(Sent, typ, data)
+		conn.add(Sent, typ, "", data)
 		if _, err := w.Write(buf); err != nil {
 			return err
 		}
@@ -116,7 +104,7 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if apiErr != nil {
 		e.count.errors.Add(1)
 		e.finish(x, OutcomeError, nil, apiErr)
-		conn.add(Sent, "error", apiErr.HTTPBody())
+		conn.add(Sent, "error", "", apiErr.HTTPBody())
 		writeAPIError(w, apiErr)
 		return
 	}
@@ -132,7 +120,10 @@ func (e *Emulator) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !p.stream {
 		body := x.object(resp, resp.status, resp.output, true)
-		conn.add(Sent, "response", body)
+		if resp.final != nil {
+			body = resp.final
+		}
+		conn.add(Sent, "response", "", body)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
 		e.count.framesOut.Add(1)

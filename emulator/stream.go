@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -20,18 +22,29 @@ type response struct {
 	id        string
 	createSeq int
 	conn      int
+	lane      string
 	store     bool
 	status    string
+	// reason is incomplete_details.reason when status is incomplete.
+	reason    string
 	warmup    bool
+	successor bool
+	prevID    string
 	// context is what a continuation chains onto: the effective input context
-	// followed by the output items.
+	// followed by the output items and any injected tool outputs.
 	context []Item
-	// output holds the finished output items as sent in response.completed.
+	// output holds the finished output items as sent in the terminal event.
 	output  [][]byte
 	items   []Item
 	created int64
 	// storedIDs are the item ids this response registered for lookups.
 	storedIDs []string
+	// final is the terminal response object, kept for stored responses so
+	// GET /v1/responses/{id} can answer it.
+	final []byte
+	// inputLen is how many context items are input (the rest is output and
+	// injected outputs), for GET /v1/responses/{id}/input_items.
+	inputLen int
 }
 
 // outItem is one output item being produced.
@@ -50,13 +63,19 @@ func (e *Emulator) newResponse(x *exchange, turn Turn) (*response, []*outItem) {
 		id:        fmt.Sprintf("resp_emu%04d", e.respSeq.Add(1)),
 		createSeq: x.rec.Seq,
 		conn:      x.rec.Conn,
+		lane:      x.rec.Lane,
 		store:     x.p.store,
 		warmup:    !x.p.generate,
+		successor: x.rec.Successor,
+		prevID:    x.p.prevID,
 		created:   time.Now().Unix(),
 		status:    turn.Status,
 	}
 	if r.status == "" {
 		r.status = StatusCompleted
+	}
+	if r.status == StatusIncomplete {
+		r.reason = "max_output_tokens"
 	}
 	deltas := e.cfg.textDeltas
 	if turn.TextDeltas > 0 {
@@ -66,14 +85,69 @@ func (e *Emulator) newResponse(x *exchange, turn Turn) (*response, []*outItem) {
 	for _, o := range turn.Output {
 		items = append(items, e.buildItem(r.id, o, deltas))
 	}
-	r.context = make([]Item, 0, len(x.ctx)+len(items))
-	r.context = append(r.context, x.ctx...)
-	for _, it := range items {
+	return r, items
+}
+
+// settle fixes what a response ends with once streaming stopped: the items
+// streamed in full (minus the calls an interrupt discards), the injected
+// outputs that answer them, the status, and the context a continuation
+// chains onto. A response cut short also loses a trailing reasoning item,
+// which would otherwise lack the item it produced.
+func (r *response) settle(ctx []Item, done []*outItem, injected []Item, stop string, ir InterruptReading) {
+	keep := done
+	if stop == stopInterrupted && ir.DiscardCalls {
+		keep = make([]*outItem, 0, len(done))
+		for _, it := range done {
+			if !it.header.IsCall() {
+				keep = append(keep, it)
+			}
+		}
+	}
+	if stop != "" {
+		keep = pruneReasoning(keep)
+	}
+	calls := make(map[string]struct{})
+	r.output, r.items = nil, nil
+	for _, it := range keep {
 		r.output = append(r.output, it.done)
 		r.items = append(r.items, it.header)
-		r.context = append(r.context, it.header)
+		if it.header.IsCall() {
+			calls[it.header.CallID] = struct{}{}
+		}
 	}
-	return r, items
+	r.inputLen = len(ctx)
+	r.context = make([]Item, 0, len(ctx)+len(r.items)+len(injected))
+	r.context = append(r.context, ctx...)
+	r.context = append(r.context, r.items...)
+	for _, it := range injected {
+		if _, ok := calls[it.CallID]; ok {
+			r.context = append(r.context, it)
+		}
+	}
+	switch {
+	case stop == stopSteered:
+		r.status, r.reason = StatusIncomplete, stopSteered
+	case stop == stopInterrupted && ir.Cancel:
+		r.status, r.reason = StatusCancelled, ""
+	case stop == stopInterrupted:
+		r.status, r.reason = StatusIncomplete, stopInterrupted
+	}
+}
+
+// pruneReasoning drops reasoning items that no longer precede the item they
+// produced. It walks backwards so each reasoning item is judged by the item
+// that will actually follow it.
+func pruneReasoning(items []*outItem) []*outItem {
+	out := make([]*outItem, 0, len(items))
+	for i := len(items) - 1; i >= 0; i-- {
+		it := items[i]
+		if it.header.Type == TypeReasoning && (len(out) == 0 || !canFollowReasoning(out[len(out)-1].header)) {
+			continue
+		}
+		out = append(out, it)
+	}
+	slices.Reverse(out)
+	return out
 }
 
 func (e *Emulator) itemID(prefix string) string {
@@ -192,7 +266,7 @@ func (x *exchange) object(r *response, status string, output [][]byte, final boo
 		o.raw("error", nil, "null")
 	}
 	if final && status == StatusIncomplete {
-		o.raw("incomplete_details", []byte(`{"reason":"max_output_tokens"}`), "")
+		o.raw("incomplete_details", newObj(48).str("reason", r.reason).done(), "")
 	} else {
 		o.raw("incomplete_details", nil, "null")
 	}
@@ -254,39 +328,100 @@ func (x *exchange) usage(r *response, output [][]byte) []byte {
 // sink writes one event to the client.
 type sink func(typ string, data []byte) error
 
-// streamer numbers events and applies the per-event faults.
+// errHalted reports that an interrupt cut an item short.
+var errHalted = errors.New("emulator: response interrupted")
+
+// streamer numbers the events of one response and applies the per-event
+// faults. Control replies about the response (steer, inject) share its
+// sequence numbers, so the mutex keeps numbering and wire order together.
 type streamer struct {
 	ctx   context.Context
 	sink  sink
 	fault CreateFault
-	seq   int64
+	// lane is the stream_id every event of a named lane carries.
+	lane string
+	// halt, when set, reports an interrupt; it is consulted before each
+	// output item event.
+	halt func() bool
+	// complete, when set, records an item as streamed in full right before
+	// its output_item.done is written, so a client reacting to that event
+	// (an inject answering the call) finds it; false means interrupted.
+	complete func(Item) bool
+
+	// started and events belong to the stream goroutine.
+	started bool
+	events  int
+
+	mu  sync.Mutex
+	seq int64
 }
 
+// emit sends one event of the response's own stream.
 func (s *streamer) emit(typ string, fields func(*jw)) error {
-	if s.seq > 0 && s.fault.EventInterval > 0 {
+	return s.send(typ, fields, false, nil)
+}
+
+// item sends an output item event, which an interrupt suppresses; done is
+// the header of the item an output_item.done event completes.
+func (s *streamer) item(typ string, fields func(*jw), done *Item) error {
+	return s.send(typ, fields, true, done)
+}
+
+func (s *streamer) send(typ string, fields func(*jw), haltable bool, done *Item) error {
+	if s.started && s.fault.EventInterval > 0 {
 		if err := sleepCtx(s.ctx, s.fault.EventInterval); err != nil {
 			return err
 		}
 	}
-	o := newObj(256).str("type", typ)
-	if fields != nil {
-		fields(o)
+	s.started = true
+	// halt and complete take the session mutex, which control replies hold
+	// while they take s.mu: never call them with s.mu held.
+	switch {
+	case done != nil && s.complete != nil:
+		if !s.complete(*done) {
+			return errHalted
+		}
+	case haltable && s.halt != nil && s.halt():
+		return errHalted
 	}
-	o.num("sequence_number", s.seq)
-	s.seq++
-	if err := s.sink(typ, o.done()); err != nil {
+	if err := s.write(typ, fields); err != nil {
 		return err
 	}
-	if s.fault.DropAfterEvents > 0 && s.seq >= int64(s.fault.DropAfterEvents) {
+	s.events++
+	if s.fault.DropAfterEvents > 0 && s.events >= s.fault.DropAfterEvents {
 		return errDropped
 	}
 	return nil
 }
 
-// stream sends the whole event sequence of r. commit runs right before the
-// terminal event so that a client which reacts to that event (chains from
-// another connection, reads the records) always finds the state updated.
-func (x *exchange) stream(s *streamer, r *response, items []*outItem, commit func()) error {
+// control sends a reply about the response from another goroutine: no
+// interval, and it does not count towards DropAfterEvents.
+func (s *streamer) control(typ string, fields func(*jw)) error {
+	return s.write(typ, fields)
+}
+
+func (s *streamer) write(typ string, fields func(*jw)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := newObj(256).str("type", typ)
+	if s.lane != "" {
+		o.str("stream_id", s.lane)
+	}
+	if fields != nil {
+		fields(o)
+	}
+	o.num("sequence_number", s.seq)
+	s.seq++
+	return s.sink(typ, o.done())
+}
+
+// stream sends the whole event sequence of r. Between items it lets control
+// frames act (f is nil over HTTP): an interrupt ends the response, a steer
+// ends it when no emitted call waits for output. commit runs right before
+// the terminal event so that a client which reacts to that event (chains
+// from another connection, reads the records) always finds the state
+// updated.
+func (x *exchange) stream(s *streamer, r *response, items []*outItem, f *flight, ir InterruptReading, commit func()) error {
 	if err := s.emit("response.created", func(o *jw) { o.raw("response", x.object(r, "in_progress", nil, false), "") }); err != nil {
 		return err
 	}
@@ -295,15 +430,42 @@ func (x *exchange) stream(s *streamer, r *response, items []*outItem, commit fun
 			return err
 		}
 	}
+	done := make([]*outItem, 0, len(items))
+	stop := ""
 	for i, it := range items {
-		if err := streamItem(s, int64(i), it); err != nil {
+		if stop = f.checkpoint(false); stop != "" {
+			break
+		}
+		err := streamItem(s, int64(i), it)
+		if errors.Is(err, errHalted) {
+			// The item in progress is partial and discarded.
+			stop = f.checkpoint(true)
+			break
+		}
+		if err != nil {
 			return err
 		}
+		done = append(done, it)
+		if it.header.IsCall() {
+			if err := f.awaitAnswer(s.ctx, it.header.CallID); err != nil {
+				return err
+			}
+		}
 	}
+	if stop == "" {
+		if err := f.pause(s.ctx); err != nil {
+			return err
+		}
+		stop = f.checkpoint(true)
+	}
+	r.settle(x.ctx, done, f.injectedItems(), stop, ir)
 	status := r.status
-	typ := "response." + status
+	final := x.object(r, status, r.output, true)
+	if r.store {
+		r.final = final
+	}
 	commit()
-	return s.emit(typ, func(o *jw) { o.raw("response", x.object(r, status, r.output, true), "") })
+	return s.emit("response."+status, func(o *jw) { o.raw("response", final, "") })
 }
 
 func streamItem(s *streamer, idx int64, it *outItem) error {
@@ -356,8 +518,12 @@ func streamItem(s *streamer, idx int64, it *outItem) error {
 		add("response.custom_tool_call_input.done", func(o *jw) { head(o); o.str("input", text) })
 	}
 	add("response.output_item.done", func(o *jw) { o.num("output_index", idx).raw("item", it.done, "") })
-	for _, st := range steps {
-		if err := s.emit(st.typ, st.fields); err != nil {
+	for i, st := range steps {
+		var done *Item
+		if i == len(steps)-1 {
+			done = &it.header
+		}
+		if err := s.item(st.typ, st.fields, done); err != nil {
 			return err
 		}
 	}

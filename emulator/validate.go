@@ -14,8 +14,11 @@ func checkTop(p *parsedCreate, transport string) *APIError {
 			return errMissingParam("type")
 		default:
 			return invalidRequest(CodeInvalidValue, "type",
-				"Invalid value: '%s'. Supported values are: 'response.create' and 'response.processed'.", p.wire.Type)
+				"Invalid value: '%s'. Supported values are: 'response.create', 'response.processed', 'response.steer', 'response.inject' and 'response.interrupt'.", p.wire.Type)
 		}
+	} else if p.hasLane {
+		// Lanes exist only on a WebSocket; the HTTP body has no such field.
+		return errUnknownParameter("stream_id")
 	}
 	if p.wire.Model == "" {
 		return errMissingParam("model")

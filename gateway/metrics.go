@@ -15,6 +15,10 @@ type metrics struct {
 	storeErrors prometheus.Counter
 	limits      *prometheus.CounterVec
 
+	// The pass-through's series, by route class (never a path: ids would make them unbounded).
+	passRequests *prometheus.CounterVec
+	passSeconds  *prometheus.HistogramVec
+
 	// The frame counters, resolved once: relaying an event must not hash a label value.
 	toClient, toUpstream prometheus.Counter
 }
@@ -62,9 +66,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "chainmend", Name: "bookkeeping_errors_total",
 			Help: "Turn bookkeeping writes the store reported as failed (the local copy is kept).",
 		}),
+		passRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "chainmend", Name: "passthrough_requests_total",
+			Help: "Requests passed through to the upstream (every endpoint but the Responses creates), by route class and status code (499: the client left before the upstream answered).",
+		}, []string{"route", "code"}),
+		passSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "chainmend", Name: "passthrough_duration_seconds",
+			Help:    "Time from a passed-through request to the end of its response (a stream's end; an upgraded connection's close).",
+			Buckets: prometheus.ExponentialBuckets(0.005, 4, 9),
+		}, []string{"route"}),
 	}
 	reg.MustRegister(m.turns, m.turnSeconds, m.recoveries, m.upstream, m.frames, m.badFrames,
-		m.clients, m.activeSet, m.storeErrors, m.limits)
+		m.clients, m.activeSet, m.storeErrors, m.limits, m.passRequests, m.passSeconds)
 	m.toClient = m.frames.WithLabelValues("to_client")
 	m.toUpstream = m.frames.WithLabelValues("to_upstream")
 	return m

@@ -140,11 +140,18 @@ func (s *Server) setSnapshot(snap *engine.Snapshot) {
 // Snapshot returns the active policy set, or nil before the first load.
 func (s *Server) Snapshot() *engine.Snapshot { return s.snap.Load() }
 
-// Handler returns the gateway's HTTP handler.
+// Handler returns the gateway's HTTP handler: the Responses create endpoints, /healthz,
+// /readyz and /metrics are the gateway's; every other request passes through to the upstream.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/responses", s.serveResponses)
-	mux.HandleFunc("/responses", s.serveResponses)
+	pass := s.passthrough()
+	mux.Handle("/", pass)
+	mux.Handle("/v1/responses", s.createOr(pass))
+	mux.Handle("/responses", s.createOr(pass))
+	// Without these, the catch-all would send a POST /healthz upstream.
+	mux.HandleFunc("/healthz", getOnly)
+	mux.HandleFunc("/readyz", getOnly)
+	mux.HandleFunc("/metrics", getOnly)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

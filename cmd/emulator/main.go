@@ -1,14 +1,18 @@
 // Command emulator serves the Responses API emulator for demos, manual
-// testing and load tests: ws://ADDR/v1/responses and POST /v1/responses.
+// testing and load tests: ws://ADDR/v1/responses (with lanes, steer, inject
+// and interrupt), POST /v1/responses, and deterministic answers for the
+// rest of the API (/v1/models, /v1/chat/completions, /v1/files, …).
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +34,11 @@ func run(args []string) error {
 	connLimit := fs.Duration("connection-limit", emulator.DefaultConnectionLimit, "WebSocket connection age cap (0 disables)")
 	deltas := fs.Int("text-deltas", emulator.DefaultTextDeltas, "output_text.delta events per message")
 	record := fs.Bool("record", false, "keep every frame in memory (for debugging; grows without bound)")
+	interruptCancel := fs.Bool("interrupt-cancel", false, "end interrupted responses with response.cancelled instead of response.incomplete")
+	interruptDiscard := fs.Bool("interrupt-discard-calls", false, "drop the calls an interrupted response had emitted instead of leaving them pending")
+	models := fs.String("models", strings.Join(emulator.DefaultModels, ","), "comma-separated model ids GET /v1/models lists")
+	chatText := fs.String("chat-text", emulator.DefaultChatText, "assistant text of /v1/chat/completions")
+	chunkInterval := fs.Duration("chunk-interval", 0, "pause between streamed chat completion chunks")
 	verbose := fs.Bool("v", false, "log connection events")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -46,6 +55,10 @@ func run(args []string) error {
 		emulator.WithRecording(*record),
 		emulator.WithAPIKey(*apiKey),
 		emulator.WithLogger(logger),
+		emulator.WithInterrupt(emulator.InterruptReading{Cancel: *interruptCancel, DiscardCalls: *interruptDiscard}),
+		emulator.WithModels(splitList(*models)...),
+		emulator.WithChatText(*chatText),
+		emulator.WithChunkInterval(*chunkInterval),
 	}
 	if *scriptPath != "" {
 		f, err := os.Open(*scriptPath)
@@ -77,9 +90,20 @@ func run(args []string) error {
 	select {
 	case <-done:
 	case <-time.After(15 * time.Second):
-		return fmt.Errorf("shutdown timed out")
+		return errors.New("shutdown timed out")
 	}
 	st := e.Stats()
 	logger.Info("emulator stopped", "connections", st.Connections, "creates", st.Creates, "responses", st.Responses, "errors", st.Errors)
 	return nil
+}
+
+// splitList splits a comma-separated flag value, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
 }
