@@ -55,6 +55,8 @@ func Chained(prev string, items ...Item) string { return Create(Item{"prev": pre
 type Event struct {
 	Type string
 	Raw  []byte
+	// Lane is the stream_id of a named lane's frame ("" on the default lane).
+	Lane string
 	// Status is the top-level status of an error frame.
 	Status int
 	// Error is the error body of an error frame.
@@ -147,13 +149,14 @@ func ParseEvent(data []byte) (Event, error) {
 	var head struct {
 		Type     string          `json:"type"`
 		Status   int             `json:"status"`
+		Lane     string          `json:"stream_id"`
 		Error    json.RawMessage `json:"error"`
 		Response json.RawMessage `json:"response"`
 	}
 	if err := json.Unmarshal(data, &head); err != nil {
 		return ev, err
 	}
-	ev.Type, ev.Raw, ev.Status = head.Type, data, head.Status
+	ev.Type, ev.Raw, ev.Status, ev.Lane = head.Type, data, head.Status, head.Lane
 	if head.Type == "error" && len(head.Error) > 0 {
 		_ = json.Unmarshal(head.Error, &ev.Error)
 	}
@@ -205,3 +208,30 @@ func (c *Client) OK(frame string) Event {
 
 // Close closes the connection.
 func (c *Client) Close() { _ = c.Conn.CloseNow() }
+
+// Lanes reads frames until each lane of want has seen want[lane] terminal events (or error
+// frames) and returns the last terminal frame of each lane.
+func (c *Client) Lanes(want map[string]int) map[string]Event {
+	c.tb.Helper()
+	last := map[string]Event{}
+	left := 0
+	for _, n := range want {
+		left += n
+	}
+	seen := map[string]int{}
+	for left > 0 {
+		e, err := c.Next()
+		if err != nil {
+			c.tb.Fatalf("waiting for lanes %v, seen %v: %v", want, seen, err)
+		}
+		if !IsTerminal(e.Type) {
+			continue
+		}
+		if seen[e.Lane] < want[e.Lane] {
+			left--
+		}
+		seen[e.Lane]++
+		last[e.Lane] = e
+	}
+	return last
+}

@@ -64,6 +64,12 @@ var specReasons = []string{
 	// §5.2
 	"tool_output_not_found_drop_prev_replay", "set_previous_response_id_retry", "align_previous_response_id_retry",
 	"drop_previous_response_id_full_replay", "abort_no_replay", "transport_retry", "upstream_error_forwarded",
+	// §5.3, the bookkeeping
+	"pending_recorded", "pending_answered", "anchor_advanced", "anchor_cleared", "transcript_reset",
+	"transcript_appended", "transcript_gap_cleared", "upstream_cached", "upstream_cache_cleared",
+	// §10
+	"duplicate_item_full_create", "duplicate_item_replay", "anchor_steered", "interrupt_calls_pending",
+	"upstream_cache_evicted", "upstream_timeout",
 }
 
 // unreachableReasons cannot fire through a running gateway with the default policies, only
@@ -85,7 +91,7 @@ func TestMain(m *testing.M) {
 			}
 		}
 		if len(missing) > 0 {
-			fmt.Fprintf(os.Stderr, "e2e coverage: no test made these SPEC §5 reasons fire through the gateway: %s\n",
+			fmt.Fprintf(os.Stderr, "e2e coverage: no test made these SPEC §5/§10 reasons fire through the gateway: %s\n",
 				strings.Join(missing, ", "))
 			code = 1
 		}
@@ -196,7 +202,7 @@ func newStack(t *testing.T, script emulator.Script, opts ...stackOpt) *stack {
 	t.Cleanup(func() {
 		_ = srv.Close()
 		hs.Close()
-		fired := s.fired()
+		fired := sumBy(t, s.reg, "chainmend_rule_fired_total", "reason")
 		coverageMu.Lock()
 		for r, v := range fired {
 			coverage[r] += v
@@ -429,6 +435,7 @@ type wsClient struct {
 type event struct {
 	Type     string `json:"type"`
 	Status   int    `json:"status"`
+	StreamID string `json:"stream_id"`
 	Response struct {
 		ID     string            `json:"id"`
 		Status string            `json:"status"`
