@@ -489,3 +489,35 @@ func userTexts(t *testing.T, frame []byte) []string {
 func (s *stack) firedCount(before map[string]float64, reason string) float64 {
 	return s.fired()[reason] - before[reason]
 }
+
+// TestE2ELanesDropInFlight: the upstream connection drops while both lanes have a response
+// in flight and nothing of either reached the client: each lane retries once, as its own
+// replay, on the new connection they share.
+func TestE2ELanesDropInFlight(t *testing.T) {
+	t.Parallel()
+	s := newStack(t, e2etest.CmdScript())
+	c := s.dial("sess-lanes-inflight")
+	c.send(onLane("a", "", user("alpha one")))
+	c.send(onLane("b", "", user("beta one")))
+	r := c.lanes(map[string]int{"a": 1, "b": 1})
+	a1, b1 := r["a"].last.Response.ID, r["b"].last.Response.ID
+	s.emu.SetCreateFault(3, emulator.CreateFault{Stall: true})
+	s.emu.SetCreateFault(4, emulator.CreateFault{Stall: true})
+
+	before := s.fired()
+	c.send(onLane("a", a1, user("alpha two")))
+	c.send(onLane("b", b1, user("beta two")))
+	eventually(t, "both creates in flight upstream", func() bool { return len(s.creates()) == 4 })
+	s.emu.ResetConnections()
+	r = c.lanes(map[string]int{"a": 1, "b": 1})
+	require.Equal(t, "response.completed", r["a"].last.Type, "%s", r["a"].last.Raw)
+	require.Equal(t, "response.completed", r["b"].last.Type, "%s", r["b"].last.Raw)
+	assert.Zero(t, r["a"].count("error")+r["b"].count("error"), "the recovery is invisible")
+	assert.Equal(t, 2.0, s.firedCount(before, "transport_retry"), "each lane retried once")
+	for lane, want := range map[string][]string{"a": {"alpha one", "alpha two"}, "b": {"beta one", "beta two"}} {
+		cs := s.createsOn(lane)
+		last := cs[len(cs)-1]
+		assert.Empty(t, last.PreviousResponseID, "lane %s retried as its replay", lane)
+		assert.Equal(t, want, userTexts(t, last.Frame), "lane %s", lane)
+	}
+}
