@@ -300,7 +300,8 @@ func BenchmarkBuildTurn(b *testing.B) {
 	hdr := http.Header{}
 	hdr.Set("Authorization", "Bearer sk-bench")
 	hdr.Set("Session-Id", "bench-build")
-	scope := statestore.Scope{Tenant: TenantOf("Bearer sk-bench"), Session: "bench-build"}
+	tenant, _ := TenantOf(hdr, DefaultTenantHeaders)
+	scope := statestore.Scope{Tenant: tenant, Session: "bench-build"}
 	items := make([]statestore.ReplayItem, 40)
 	for i := range items {
 		items[i] = statestore.ReplayItem{Raw: []byte(`{"type":"message","role":"user","content":"x"}`), Type: "message"}

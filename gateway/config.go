@@ -62,6 +62,10 @@ type Config struct {
 	// SessionHeaders name a client's session, read in order; without any of them the
 	// request's prompt_cache_key names it, else the connection.
 	SessionHeaders []string `yaml:"session_headers"`
+	// TenantHeaders select a credential or a billing scope; a request's tenant is a hash of
+	// all of them it carries. A request with none shares no state beyond its connection,
+	// unless the operator lists a header that names tenants.
+	TenantHeaders []string `yaml:"tenant_headers"`
 }
 
 // DefaultConfig returns the defaults.
@@ -85,6 +89,7 @@ func DefaultConfig() Config {
 		StoreTimeout:      50 * time.Millisecond,
 		ReloadPoll:        5 * time.Second,
 		SessionHeaders:    DefaultSessionHeaders,
+		TenantHeaders:     DefaultTenantHeaders,
 
 		MaxConnections:       10000,
 		MaxTenantConnections: 512,

@@ -3,6 +3,7 @@ package gateway
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"strings"
 
@@ -14,19 +15,44 @@ import (
 // read: Codex 0.169 sends session-id, older builds session_id.
 var DefaultSessionHeaders = []string{"session-id", "session_id"}
 
+// DefaultTenantHeaders are the headers that select a credential or a billing scope (SPEC §7):
+// OpenAI's bearer token, Azure's api-key, and the organization and project a key may act for.
+// Every one that is present takes part in the tenant, so two requests share state only when
+// they agree on all of them.
+var DefaultTenantHeaders = []string{"Authorization", "api-key", "OpenAI-Organization", "OpenAI-Project"}
+
 // tenantHexLen is the length of a tenant id: 128 bits of SHA-256 in hex, so that two
 // credentials never share a tenant by accident.
 const tenantHexLen = 32
 
-// TenantOf returns the tenant id of a credential: a short hex SHA-256 of the Authorization
-// value (a "Bearer " prefix and surrounding spaces ignored). The credential itself never
-// reaches a key, a log or a metric.
-func TenantOf(authorization string) string {
-	cred := strings.TrimSpace(authorization)
-	if len(cred) > 7 && strings.EqualFold(cred[:7], "bearer ") {
-		cred = strings.TrimSpace(cred[7:])
+// TenantOf returns the tenant id of a request: a short hex SHA-256 over every header of
+// headers that the request carries, by name and value (a "Bearer " prefix and surrounding
+// spaces ignored), or ok false when it carries none of them. The credentials themselves never
+// reach a key, a log or a metric.
+func TenantOf(h http.Header, headers []string) (tenant string, ok bool) {
+	d := sha256.New()
+	for _, name := range headers {
+		v := strings.TrimSpace(h.Get(name))
+		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+			v = strings.TrimSpace(v[7:])
+		}
+		if v == "" {
+			continue
+		}
+		ok = true
+		// Length-prefixed, so that no two header sets spell the same input.
+		fmt.Fprintf(d, "%d:%s%d:%s", len(name), strings.ToLower(name), len(v), v)
 	}
-	sum := sha256.Sum256([]byte(cred))
+	if !ok {
+		return "", false
+	}
+	return hex.EncodeToString(d.Sum(nil)[:tenantHexLen/2]), true
+}
+
+// connectionTenant is the tenant of a request without credentials: its own connection, so it
+// shares state with nobody, not even another anonymous client with the same session header.
+func connectionTenant(connID string) string {
+	sum := sha256.Sum256([]byte("connection\x00" + connID))
 	return hex.EncodeToString(sum[:tenantHexLen/2])
 }
 
@@ -64,11 +90,20 @@ func sanitizeSession(s string) string {
 	return "h:" + hex.EncodeToString(sum[:16])
 }
 
+// tenantOf is the tenant of a connection's requests: by its credential headers, else the
+// connection's own.
+func (s *Server) tenantOf(hdr http.Header, connID string) string {
+	if t, ok := TenantOf(hdr, s.cfg.TenantHeaders); ok {
+		return t
+	}
+	return connectionTenant(connID)
+}
+
 // scopeOf names the state a request reads and writes: its tenant and its session, as the
 // configuration says to tell them.
 func (s *Server) scopeOf(hdr http.Header, req *responses.Request, connID string) statestore.Scope {
 	return statestore.Scope{
-		Tenant:  TenantOf(hdr.Get("Authorization")),
+		Tenant:  s.tenantOf(hdr, connID),
 		Session: SessionOf(hdr, s.cfg.SessionHeaders, req.String("prompt_cache_key"), connID),
 	}
 }

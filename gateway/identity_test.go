@@ -6,14 +6,50 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestTenantOf(t *testing.T) {
-	a := TenantOf("Bearer sk-secret-1")
-	assert.Len(t, a, tenantHexLen)
-	assert.Equal(t, a, TenantOf("bearer   sk-secret-1 "), "scheme case and spaces do not split a tenant")
-	assert.NotEqual(t, a, TenantOf("Bearer sk-secret-2"))
-	assert.NotContains(t, a, "secret")
+	h := func(kv ...string) http.Header {
+		hd := http.Header{}
+		for i := 0; i < len(kv); i += 2 {
+			hd.Set(kv[i], kv[i+1])
+		}
+		return hd
+	}
+	tenant := func(hd http.Header) string {
+		t.Helper()
+		v, ok := TenantOf(hd, DefaultTenantHeaders)
+		require.True(t, ok)
+		require.Len(t, v, tenantHexLen)
+		require.NotContains(t, v, "secret")
+		return v
+	}
+	a := tenant(h("Authorization", "Bearer sk-secret-1"))
+	assert.Equal(t, a, tenant(h("Authorization", "bearer   sk-secret-1 ")), "scheme case and spaces do not split a tenant")
+	assert.NotEqual(t, a, tenant(h("Authorization", "Bearer sk-secret-2")))
+	for _, tc := range []struct {
+		name   string
+		a, b   http.Header
+		shared bool
+	}{
+		{"two Azure keys", h("api-key", "secret-a"), h("api-key", "secret-b"), false},
+		{"one key, two projects", h("Authorization", "Bearer k", "OpenAI-Project", "p1"), h("Authorization", "Bearer k", "OpenAI-Project", "p2"), false},
+		{"one key, two organizations", h("Authorization", "Bearer k", "OpenAI-Organization", "o1"), h("Authorization", "Bearer k", "OpenAI-Organization", "o2"), false},
+		{"a key with and without a project", h("Authorization", "Bearer k"), h("Authorization", "Bearer k", "OpenAI-Project", "p1"), false},
+		{"the same value under two headers", h("Authorization", "Bearer k"), h("api-key", "k"), false},
+		{"the same credentials", h("Authorization", "Bearer k", "OpenAI-Project", "p1"), h("Authorization", "Bearer k", "OpenAI-Project", "p1"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Equal(t, tc.shared, tenant(tc.a) == tenant(tc.b))
+		})
+	}
+	_, ok := TenantOf(h("Session-Id", "s"), DefaultTenantHeaders)
+	assert.False(t, ok, "no credential: no tenant")
+	v, ok := TenantOf(h("X-Tenant", "t1"), []string{"X-Tenant"})
+	assert.True(t, ok, "an operator's tenant header names a tenant")
+	assert.Len(t, v, tenantHexLen)
+	assert.NotEqual(t, connectionTenant("c1"), connectionTenant("c2"), "anonymous connections share nothing")
 }
 
 func TestSessionOf(t *testing.T) {

@@ -79,6 +79,9 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		// An explicit empty list reads no header; an unset one reads the defaults.
 		cfg.SessionHeaders = DefaultSessionHeaders
 	}
+	if cfg.TenantHeaders == nil {
+		cfg.TenantHeaders = DefaultTenantHeaders
+	}
 	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, tenants: map[string]int{}}
 	for _, o := range opts {
 		o(s)

@@ -55,7 +55,8 @@ const maxControlFacts = 1024
 func (ss *session) drain() { ss.drainOnce.Do(func() { close(ss.drainCh) }) }
 
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
-	tenant := TenantOf(r.Header.Get("Authorization"))
+	connID := s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36)
+	tenant := s.tenantOf(r.Header, connID)
 	if limit, ok := s.admit(tenant); !ok {
 		s.metrics.limits.WithLabelValues(limit).Inc()
 		status, msg := http.StatusTooManyRequests, "too many open connections"
@@ -83,7 +84,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		client:  c,
 		out:     hj.conn,
 		hdr:     forwardHeaders(r.Header),
-		connID:  s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36),
+		connID:  connID,
 		ctx:     ctx,
 		cancel:  cancel,
 		lanes:   map[string]*wsLane{},

@@ -75,6 +75,11 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 			c.SessionHeaders = splitHeaders(v)
 			return nil
 		})
+	fs.Func("tenant-headers", fmt.Sprintf("comma-separated headers that select a credential or billing scope; a request's tenant hashes all it carries, and one with none shares no state beyond its connection (default %q)", strings.Join(gateway.DefaultTenantHeaders, ",")),
+		func(v string) error {
+			c.TenantHeaders = splitHeaders(v)
+			return nil
+		})
 	fs.StringVar(&st.LogLevel, "log-level", st.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&st.LogFormat, "log-format", st.LogFormat, "text or json")
 

@@ -155,6 +155,6 @@ func TestFlagNames(t *testing.T) {
 		"anchor-ttl", "config", "dial-timeout", "first-event-timeout", "idle-timeout", "listen", "log-format",
 		"log-level", "max-connections", "max-frame-bytes", "max-queued-bytes", "max-queued-frames", "max-tenant-connections", "mode",
 		"pending-ttl", "policies", "recovery", "redis", "reload-gate", "reload-poll", "replay-cap-bytes", "replay-ttl",
-		"session-headers", "shutdown-grace", "store-timeout", "upstream", "upstream-max-age", "write-timeout",
+		"session-headers", "shutdown-grace", "store-timeout", "tenant-headers", "upstream", "upstream-max-age", "write-timeout",
 	}, got)
 }
