@@ -4,7 +4,7 @@ BIN := bin
 POLICIES ?= policies
 GOFLAGS_TEST ?= -count=1
 
-.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean e2e-codex deps-codex build-debug load
+.PHONY: demo emulator all build run test test-unit test-race vet fmt-check deps-redis bench fuzz fuzz-short check-policies policytest clean e2e-codex deps-codex deps-npm deps-node-sdk e2e-node-sdk build-debug load
 
 all: build
 
@@ -34,34 +34,69 @@ deps-redis:
 	@redis-server --version
 
 # test runs everything: vet, gofmt, the policy checks, unit + integration + end-to-end tests
-# under -race (Redis, the Redis Cluster and the real Codex CLI included: deps-redis and
-# deps-codex install what is missing), the debug build's end-to-end suite, and a short fuzz
-# pass of each parser.
-test: deps-redis deps-codex fmt-check vet check-policies policytest
-	CHAINMEND_CODEX=$(abspath $(CODEX_BIN)) $(GO) test $(GOFLAGS_TEST) -race ./...
+# under -race (Redis, the Redis Cluster, every Codex CLI release of CODEX_VERSIONS and the
+# official Node SDK included: deps-redis, deps-codex and deps-node-sdk install what is
+# missing), the debug build's end-to-end suite, and a short fuzz pass of each parser.
+test: deps-redis deps-codex deps-node-sdk fmt-check vet check-policies policytest
+	CHAINMEND_CODEX="$(CODEX_BINS)" CHAINMEND_OPENAI_NODE=$(abspath $(OPENAI_NODE_DIR)) $(GO) test $(GOFLAGS_TEST) -race ./...
 	$(GO) test $(GOFLAGS_TEST) -race -tags debug ./gateway/
 	$(MAKE) fuzz-short
 
-# e2e-codex runs the real Codex CLI through the gateway (e2e/codex_test.go) and replays its
-# captures. It installs @openai/codex@$(CODEX_VERSION) from the npm registry into $(CODEX_DIR)
-# when that version is not there yet (the package ships its native binary in an optional
-# dependency, @openai/codex-<platform>; no install scripts run). CHAINMEND_CODEX_CAPTURE=1
-# rewrites testdata/codex/codex-$(CODEX_VERSION)-gateway-*.json from what Codex sent.
-CODEX_VERSION ?= 0.169.0
-CODEX_DIR ?= .cache/codex
-CODEX_BIN = $(CODEX_DIR)/node_modules/.bin/codex
-
-deps-codex:
+# deps-npm installs npm (and with it node, when that is missing too) from Debian packages;
+# the machine's own node is used when there is one.
+deps-npm:
 	@command -v npm >/dev/null 2>&1 || { echo "installing npm"; (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
-	@if ! $(CODEX_BIN) --version 2>/dev/null | grep -qx "codex-cli $(CODEX_VERSION)"; then \
-	  echo "installing @openai/codex@$(CODEX_VERSION) into $(CODEX_DIR)"; \
-	  mkdir -p $(CODEX_DIR) && \
-	  npm install --prefix $(CODEX_DIR) --no-save --no-package-lock --no-audit --no-fund --loglevel=error @openai/codex@$(CODEX_VERSION) && \
-	  $(CODEX_BIN) --version | grep -qx "codex-cli $(CODEX_VERSION)"; \
-	fi
+
+# e2e-codex runs the real Codex CLI through the gateway (e2e/codex_test.go), once per release
+# of CODEX_VERSIONS (subtests named by version), and replays the captures. deps-codex installs
+# each @openai/codex@VERSION from the npm registry into its own $(CODEX_CACHE)/codex-VERSION
+# when that version is not there yet (the package ships its native binary in an optional
+# dependency, @openai/codex-<platform>; no install scripts run). Separate directories keep
+# one release's platform package from resolving for another. CHAINMEND_CODEX_CAPTURE=1
+# rewrites testdata/codex/codex-VERSION-gateway-*.json from what each release sent.
+CODEX_VERSIONS ?= 0.169.0 0.171.0
+CODEX_CACHE ?= .cache
+codex_bin = $(abspath $(CODEX_CACHE)/codex-$(1)/node_modules/.bin/codex)
+empty :=
+space := $(empty) $(empty)
+# CHAINMEND_CODEX takes a list of binaries, separated like PATH.
+CODEX_BINS = $(subst $(space),:,$(strip $(foreach v,$(CODEX_VERSIONS),$(call codex_bin,$(v)))))
+
+deps-codex: deps-npm
+	@for v in $(CODEX_VERSIONS); do \
+	  dir=$(CODEX_CACHE)/codex-$$v; bin=$$dir/node_modules/.bin/codex; \
+	  if ! $$bin --version 2>/dev/null | grep -qx "codex-cli $$v"; then \
+	    echo "installing @openai/codex@$$v into $$dir"; \
+	    mkdir -p $$dir && \
+	    npm install --prefix $$dir --no-save --no-package-lock --no-audit --no-fund --loglevel=error @openai/codex@$$v && \
+	    $$bin --version | grep -qx "codex-cli $$v" || exit 1; \
+	  fi; \
+	done
 
 e2e-codex: deps-codex
-	CHAINMEND_CODEX=$(abspath $(CODEX_BIN)) $(GO) test $(GOFLAGS_TEST) -race -run '^TestCodex' -v ./e2e/
+	CHAINMEND_CODEX="$(CODEX_BINS)" $(GO) test $(GOFLAGS_TEST) -race -run '^TestCodex' -v ./e2e/
+
+# deps-node-sdk installs the official Node SDK, npm openai@$(OPENAI_NODE_VERSION), into
+# $(OPENAI_NODE_DIR) when that version is not there yet, with ws, the optional peer dependency
+# its Node WebSocket transport (ResponsesWS) loads. No install scripts run. e2e/sdk_test.go
+# drives it through the gateway; e2e-node-sdk runs only that.
+OPENAI_NODE_VERSION ?= 7.60.0
+OPENAI_NODE_WS_VERSION ?= 8.23.1
+OPENAI_NODE_DIR ?= .cache/openai-node
+
+deps-node-sdk: deps-npm
+	@m=$(OPENAI_NODE_DIR)/node_modules; \
+	if ! grep -qs '"version": "$(OPENAI_NODE_VERSION)"' $$m/openai/package.json || \
+	   ! grep -qs '"version": "$(OPENAI_NODE_WS_VERSION)"' $$m/ws/package.json; then \
+	  echo "installing openai@$(OPENAI_NODE_VERSION) and ws@$(OPENAI_NODE_WS_VERSION) into $(OPENAI_NODE_DIR)"; \
+	  mkdir -p $(OPENAI_NODE_DIR) && \
+	  npm install --prefix $(OPENAI_NODE_DIR) --no-save --no-package-lock --ignore-scripts --no-audit --no-fund --loglevel=error \
+	    openai@$(OPENAI_NODE_VERSION) ws@$(OPENAI_NODE_WS_VERSION) && \
+	  grep -qs '"version": "$(OPENAI_NODE_VERSION)"' $$m/openai/package.json || exit 1; \
+	fi
+
+e2e-node-sdk: deps-node-sdk deps-redis
+	CHAINMEND_OPENAI_NODE=$(abspath $(OPENAI_NODE_DIR)) $(GO) test $(GOFLAGS_TEST) -race -run '^TestNodeSDK' -v ./e2e/
 
 vet:
 	$(GO) vet ./...

@@ -17,8 +17,10 @@ import (
 	"chainmend/internal/e2etest"
 )
 
-// codexVersion is the Codex CLI release the suite installs and its captures come from.
-const codexVersion = "0.169.0"
+// codexVersions are the Codex CLI releases the live suite runs, each as its own subtest: the
+// release the captures in testdata/codex come from (0.169.0), and the newest on npm. The
+// Makefile's CODEX_VERSIONS installs the same list.
+var codexVersions = []string{"0.169.0", "0.171.0"}
 
 type codexCase struct {
 	name        string

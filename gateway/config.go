@@ -66,6 +66,16 @@ type Config struct {
 	// all of them it carries. A request with none shares no state beyond its connection,
 	// unless the operator lists a header that names tenants.
 	TenantHeaders []string `yaml:"tenant_headers"`
+	// BodyReadTimeout bounds the read of one HTTP request body (nginx's
+	// client_body_timeout): a client that trickles its body is cut off.
+	BodyReadTimeout time.Duration `yaml:"body_read_timeout"`
+	// MaxBodyBytesInFlight bounds the bytes of all HTTP request bodies being read at once;
+	// buffers grow as bytes arrive, so this is what the gateway can hold, not what clients
+	// announce.
+	MaxBodyBytesInFlight int64 `yaml:"max_body_bytes_in_flight"`
+	// ClientIdleTimeout closes a client connection that sent nothing and had nothing in
+	// flight for this long (WebSocket), and idle HTTP keep-alive connections.
+	ClientIdleTimeout time.Duration `yaml:"client_idle_timeout"`
 }
 
 // DefaultConfig returns the defaults.
@@ -90,6 +100,10 @@ func DefaultConfig() Config {
 		ReloadPoll:        5 * time.Second,
 		SessionHeaders:    DefaultSessionHeaders,
 		TenantHeaders:     DefaultTenantHeaders,
+		BodyReadTimeout:   30 * time.Second,
+		ClientIdleTimeout: 10 * time.Minute,
+
+		MaxBodyBytesInFlight: 256 << 20,
 
 		MaxConnections:       10000,
 		MaxTenantConnections: 512,
@@ -112,6 +126,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections <= 0 || c.MaxTenantConnections <= 0 || c.MaxQueuedFrames <= 0 {
 		return fmt.Errorf("connection and queue limits must be positive")
+	}
+	if c.MaxBodyBytesInFlight < c.MaxFrameBytes {
+		return fmt.Errorf("max body bytes in flight (%d) must be at least max frame bytes (%d)", c.MaxBodyBytesInFlight, c.MaxFrameBytes)
 	}
 	if c.MaxQueuedBytes < c.MaxFrameBytes {
 		return fmt.Errorf("max queued bytes (%d) must be at least max frame bytes (%d): one accepted frame must be able to wait", c.MaxQueuedBytes, c.MaxFrameBytes)

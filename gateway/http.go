@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -24,16 +25,37 @@ const maxErrorBody = 1 << 20
 // the WebSocket's turns (there is no connection cache over HTTP), the response streamed back
 // event by event.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	body, err := readBody(http.MaxBytesReader(w, r.Body, s.cfg.MaxFrameBytes), r.ContentLength, s.cfg.MaxFrameBytes)
+	connID := "http-" + strconv.FormatUint(s.connSeq.Add(1), 36)
+	// An HTTP request holds a connection slot like a WebSocket does, under its tenant.
+	tenant := s.tenantOf(r.Header, connID)
+	if limit, ok := s.admit(tenant); !ok {
+		s.refuseAdmission(w, limit)
+		return
+	}
+	defer s.release(tenant)
+	body, held, err := s.readBody(w, r)
+	defer s.bodies.give(held)
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		var ne net.Error
+		switch {
+		case errors.As(err, &mbe):
 			s.metrics.badFrames.WithLabelValues("frame_too_large").Inc()
 			httpError(w, responses.ErrorBody{Status: http.StatusRequestEntityTooLarge, Code: "request_too_large",
 				Message: fmt.Sprintf("request body over %d bytes", s.cfg.MaxFrameBytes)})
-			return
+		case errors.Is(err, errBodyBudget):
+			s.metrics.limits.WithLabelValues("request_bodies").Inc()
+			w.Header().Set("Retry-After", "1")
+			httpError(w, responses.ErrorBody{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "too_many_request_bodies",
+				Message: fmt.Sprintf("the gateway holds %d bytes of request bodies already; retry", s.cfg.MaxBodyBytesInFlight)})
+		case errors.As(err, &ne) && ne.Timeout():
+			s.metrics.limits.WithLabelValues("body_read_timeout").Inc()
+			w.Header().Set("Connection", "close")
+			httpError(w, responses.ErrorBody{Status: http.StatusRequestTimeout, Code: "request_timeout",
+				Message: fmt.Sprintf("the request body did not arrive within %s", s.cfg.BodyReadTimeout)})
+		default:
+			httpError(w, responses.ErrorBody{Status: http.StatusBadRequest, Code: "invalid_body", Message: "read request body: " + err.Error()})
 		}
-		httpError(w, responses.ErrorBody{Status: http.StatusBadRequest, Code: "invalid_body", Message: "read request body: " + err.Error()})
 		return
 	}
 	req, err := responses.Parse(body)
@@ -44,7 +66,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	hc := &httpConn{srv: s, w: w, hdr: forwardHeaders(r.Header)}
 	hc.flusher, _ = w.(http.Flusher)
-	s.drive(r.Context(), hc, &laneState{}, req, "http-"+strconv.FormatUint(s.connSeq.Add(1), 36), hc.hdr)
+	s.drive(r.Context(), hc, &laneState{}, req, connID, hc.hdr)
 }
 
 func httpError(w http.ResponseWriter, e responses.ErrorBody) {
@@ -253,26 +275,71 @@ func (x *sseExchange) close() {
 	x.cancel()
 }
 
-// readBody reads a request body. With a Content-Length (what clients send) the buffer is
-// allocated once at that size; io.ReadAll grows from 512 bytes by reallocation, some twenty
-// allocations and copies for a 175 KB create.
-func readBody(r io.Reader, contentLength, limit int64) ([]byte, error) {
-	if contentLength <= 0 || contentLength > limit {
-		return io.ReadAll(r)
+// errBodyBudget refuses a body the gateway has no room for.
+var errBodyBudget = errors.New("request body budget exhausted")
+
+// firstBodyBuffer caps the buffer a body starts with, whatever Content-Length says: a
+// client's announcement costs the gateway nothing until its bytes arrive.
+const firstBodyBuffer = 64 << 10
+
+// readBody reads a request body within the body read timeout, growing its buffer as bytes
+// arrive (doubling, so a 175 KB create costs a few allocations, not twenty) and taking each
+// growth from the process's body budget first. It returns the bytes it holds of the budget,
+// which the caller gives back when it is done with the body.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (buf []byte, held int64, err error) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
+	defer func() { _ = rc.SetReadDeadline(time.Time{}) }()
+	limit := s.cfg.MaxFrameBytes
+	body := http.MaxBytesReader(w, r.Body, limit)
+	size := int64(4096)
+	if cl := r.ContentLength; cl > 0 {
+		// One byte more than announced, so that the end of the body is seen without growing.
+		size = min(cl+1, firstBodyBuffer, limit+1)
 	}
-	// One byte more than announced, so that the end of the body is seen without growing.
-	buf := make([]byte, 0, contentLength+1)
+	if !s.bodies.take(size) {
+		return nil, 0, errBodyBudget
+	}
+	held = size
+	buf = make([]byte, 0, size)
 	for {
-		n, err := r.Read(buf[len(buf):cap(buf)])
+		n, err := body.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
-			return buf, nil
+			return buf, held, nil
 		}
 		if err != nil {
-			return buf, err
+			return buf, held, err
 		}
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, 4096)
+			grow := min(int64(cap(buf)), limit+1-int64(cap(buf)))
+			if grow <= 0 {
+				grow = 1 // one byte past the limit makes MaxBytesReader say so
+			}
+			if !s.bodies.take(grow) {
+				return buf, held, errBodyBudget
+			}
+			held += grow
+			buf = slices.Grow(buf, int(grow))
 		}
+	}
+}
+
+// byteBudget bounds bytes held across requests.
+type byteBudget struct {
+	used, max atomic.Int64
+}
+
+func (b *byteBudget) take(n int64) bool {
+	if b.used.Add(n) > b.max.Load() {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *byteBudget) give(n int64) {
+	if n > 0 {
+		b.used.Add(-n)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"chainmend/engine"
+	"chainmend/responses"
 	"chainmend/statestore"
 )
 
@@ -46,6 +47,8 @@ type Server struct {
 	draining bool
 	connSeq  atomic.Uint64
 	instance string
+	// bodies bounds the HTTP request bodies held at once.
+	bodies byteBudget
 }
 
 // Option configures a Server.
@@ -83,6 +86,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		cfg.TenantHeaders = DefaultTenantHeaders
 	}
 	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, tenants: map[string]int{}}
+	s.bodies.max.Store(cfg.MaxBodyBytesInFlight)
 	for _, o := range opts {
 		o(s)
 	}
@@ -143,6 +147,13 @@ func (s *Server) setSnapshot(snap *engine.Snapshot) {
 // Snapshot returns the active policy set, or nil before the first load.
 func (s *Server) Snapshot() *engine.Snapshot { return s.snap.Load() }
 
+// HTTPServer returns an http.Server for the gateway's Handler with its client-side timeouts:
+// request headers must arrive within 10 seconds, and keep-alive connections idle longer than
+// Config.ClientIdleTimeout are closed. Request bodies have their own timeout (readBody).
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: s.cfg.ClientIdleTimeout}
+}
+
 // Handler returns the gateway's HTTP handler: the Responses create endpoints, /healthz,
 // /readyz and /metrics are the gateway's; every other request passes through to the upstream.
 func (s *Server) Handler() http.Handler {
@@ -199,6 +210,19 @@ func (s *Server) Close() error {
 		ss.shutdown()
 	}
 	return s.store.Close()
+}
+
+// refuseAdmission answers a connection or request that a limit refused.
+func (s *Server) refuseAdmission(w http.ResponseWriter, limit string) {
+	s.metrics.limits.WithLabelValues(limit).Inc()
+	status, msg := http.StatusTooManyRequests, "too many open connections"
+	switch limit {
+	case "tenant_connections":
+		msg = fmt.Sprintf("too many open connections for this credential (limit %d)", s.cfg.MaxTenantConnections)
+	case "shutting_down":
+		status, msg = http.StatusServiceUnavailable, "the gateway is shutting down; reconnect"
+	}
+	httpError(w, responses.ErrorBody{Status: status, Type: "rate_limit_error", Code: limit, Message: msg})
 }
 
 // admit reserves a connection slot for a tenant, or says which limit refuses it.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -35,6 +36,8 @@ type session struct {
 	drainOnce sync.Once
 	// workers counts the running lane workers.
 	workers sync.WaitGroup
+	// lastRead is when the client last sent a frame (unix nanoseconds), for the idle timeout.
+	lastRead atomic.Int64
 
 	// mu guards everything below: the lanes, the upstream connection, the queue counts and
 	// the facts control frames left for the bookkeeping.
@@ -58,15 +61,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	connID := s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36)
 	tenant := s.tenantOf(r.Header, connID)
 	if limit, ok := s.admit(tenant); !ok {
-		s.metrics.limits.WithLabelValues(limit).Inc()
-		status, msg := http.StatusTooManyRequests, "too many open connections"
-		switch limit {
-		case "tenant_connections":
-			msg = fmt.Sprintf("too many open connections for this credential (limit %d)", s.cfg.MaxTenantConnections)
-		case "shutting_down":
-			status, msg = http.StatusServiceUnavailable, "the gateway is shutting down; reconnect"
-		}
-		httpError(w, responses.ErrorBody{Status: status, Type: "rate_limit_error", Code: limit, Message: msg})
+		s.refuseAdmission(w, limit)
 		return
 	}
 	defer s.release(tenant)
@@ -124,6 +119,9 @@ func (ss *session) run() {
 		defer close(read)
 		ss.readLoop()
 	}()
+	if t := ss.srv.cfg.ClientIdleTimeout; t > 0 {
+		defer ss.watchIdle(t)()
+	}
 	select {
 	case <-read:
 	case <-ss.drainCh:
@@ -166,6 +164,28 @@ func (ss *session) idle() bool {
 	return true
 }
 
+// watchIdle closes the connection once the client has sent nothing and nothing was in
+// flight for t: an idle socket must not hold a connection slot forever. It returns the stop
+// function.
+func (ss *session) watchIdle(t time.Duration) func() {
+	ss.lastRead.Store(time.Now().UnixNano())
+	var timer *time.Timer
+	timer = time.AfterFunc(t, func() {
+		quiet := time.Since(time.Unix(0, ss.lastRead.Load()))
+		if quiet >= t && ss.idle() {
+			ss.srv.metrics.limits.WithLabelValues("client_idle").Inc()
+			_ = ss.client.Close(websocket.StatusGoingAway, "idle; reconnect when needed")
+			ss.cancel()
+			return
+		}
+		if quiet >= t {
+			quiet = 0 // busy: look again a whole period later
+		}
+		timer.Reset(t - quiet)
+	})
+	return func() { timer.Stop() }
+}
+
 func (ss *session) draining() bool {
 	select {
 	case <-ss.drainCh:
@@ -186,6 +206,7 @@ func (ss *session) readLoop() {
 			ss.cancel()
 			return
 		}
+		ss.lastRead.Store(time.Now().UnixNano())
 		if typ != websocket.MessageText {
 			ss.refuse("unsupported_frame", "binary frames are not supported; send response.create as a JSON text frame", "")
 			continue

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -66,7 +65,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := srv.HTTPServer()
 	log.Info("gateway listening", "addr", ln.Addr().String(), "upstream", st.Upstream, "mode", st.Mode,
 		"store", storeKind(st.Redis), "policies", st.Policies)
 	errc := make(chan error, 1)

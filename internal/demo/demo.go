@@ -119,7 +119,7 @@ func Run(ctx context.Context, w io.Writer, policies string) error {
 	if err != nil {
 		return err
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	hs := srv.HTTPServer()
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
 

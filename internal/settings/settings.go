@@ -80,6 +80,9 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 			c.TenantHeaders = splitHeaders(v)
 			return nil
 		})
+	fs.DurationVar(&c.BodyReadTimeout, "body-read-timeout", c.BodyReadTimeout, "longest read of one HTTP request body")
+	fs.Int64Var(&c.MaxBodyBytesInFlight, "max-body-bytes-in-flight", c.MaxBodyBytesInFlight, "bytes of HTTP request bodies the gateway holds at once (at least --max-frame-bytes)")
+	fs.DurationVar(&c.ClientIdleTimeout, "client-idle-timeout", c.ClientIdleTimeout, "close client connections idle this long (WebSocket with nothing in flight, HTTP keep-alive)")
 	fs.StringVar(&st.LogLevel, "log-level", st.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&st.LogFormat, "log-format", st.LogFormat, "text or json")
 
