@@ -320,7 +320,13 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) (buf []byte, h
 				return buf, held, errBodyBudget
 			}
 			held += grow
+			before := int64(cap(buf))
 			buf = slices.Grow(buf, int(grow))
+			// The allocator rounds up to a size class: count what was really allocated.
+			if extra := int64(cap(buf)) - before - grow; extra > 0 {
+				s.bodies.used.Add(extra)
+				held += extra
+			}
 		}
 	}
 }

@@ -1,9 +1,13 @@
 package gateway_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -110,4 +114,106 @@ func TestGracefulShutdown(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+}
+
+// rawPost opens a TCP connection to the gateway and sends a POST's headers announcing cl
+// bytes, then body (possibly shorter). The connection is closed when the test ends.
+func rawPost(t *testing.T, s *stack, cl int, body string) net.Conn {
+	t.Helper()
+	u, err := url.Parse(s.httpURL)
+	require.NoError(t, err)
+	c, err := net.Dial("tcp", u.Host)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	_, err = fmt.Fprintf(c, "POST /v1/responses HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s",
+		u.Host, testSecret, cl, body)
+	require.NoError(t, err)
+	return c
+}
+
+// TestHTTPBodyGrowsAsBytesArrive: a body announced at the frame limit but not sent costs the
+// gateway what arrived (a small first buffer), not what Content-Length promised, and a body
+// that does not arrive in time is answered 408 (issue 11 items 2 and 5).
+func TestHTTPBodyGrowsAsBytesArrive(t *testing.T) {
+	s := newStack(t, emulator.Reply("ok"), withConfig(func(c *gateway.Config) {
+		c.BodyReadTimeout = 500 * time.Millisecond
+		c.MaxFrameBytes = 16 << 20
+	}))
+	const conns = 40
+	for i := 0; i < conns; i++ {
+		rawPost(t, s, 16<<20, `{"type":"response.create",`)
+	}
+	eventually(t, "every body to be begun", func() bool {
+		return gaugeValue(t, s, "chainmend_request_body_bytes") >= conns*(64<<10)
+	})
+	held := gaugeValue(t, s, "chainmend_request_body_bytes")
+	assert.Equal(t, float64(conns*(64<<10)), held, "buffers are sized by what arrived, not by Content-Length (%d × 16 MiB)", conns)
+
+	c := rawPost(t, s, 1000, `{"type":`)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusRequestTimeout, resp.StatusCode)
+	eventually(t, "the budget to be given back", func() bool { return gaugeValue(t, s, "chainmend_request_body_bytes") == 0 })
+}
+
+// TestHTTPBodyBudget: request bodies held at once are bounded in bytes; past the budget a
+// request is refused with 503 and Retry-After, and the others are unaffected.
+func TestHTTPBodyBudget(t *testing.T) {
+	s := newStack(t, emulator.Reply("ok"), withConfig(func(c *gateway.Config) {
+		c.MaxFrameBytes = 1 << 20
+		c.MaxBodyBytesInFlight = 1 << 20
+		c.BodyReadTimeout = 10 * time.Second
+	}))
+	big := strings.Repeat("x", 700<<10)
+	rawPost(t, s, 900<<10, big)
+	eventually(t, "the first body to be held", func() bool { return gaugeValue(t, s, "chainmend_request_body_bytes") >= 700<<10 })
+	resp, body := s.post(create(nil, user(strings.Repeat("y", 400<<10))), "sess-budget")
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%.300s", body)
+	assert.Equal(t, "1", resp.Header.Get("Retry-After"))
+	assert.Contains(t, string(body), "too_many_request_bodies")
+	assert.Equal(t, 1.0, s.counter("chainmend_limit_rejections_total", map[string]string{"limit": "request_bodies"}))
+}
+
+// TestHTTPCountsAgainstConnectionLimits: an HTTP request holds a slot of its tenant like a
+// WebSocket does (issue 11 item 4).
+func TestHTTPCountsAgainstConnectionLimits(t *testing.T) {
+	s := newStack(t, emulator.Reply("ok"), withConfig(func(c *gateway.Config) { c.MaxTenantConnections = 1 }))
+	c := s.dial("holds-the-slot")
+	c.ok(create(nil, user("hi")))
+	resp, body := s.post(create(nil, user("hi")), "sess-limit")
+	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "%s", body)
+	assert.Contains(t, string(body), "tenant_connections")
+}
+
+// TestClientIdleTimeout: a WebSocket that sends nothing and has nothing in flight is closed
+// with 1001 after the idle timeout; one with a turn in flight is not.
+func TestClientIdleTimeout(t *testing.T) {
+	s := newStack(t, emulator.Reply("ok"), withConfig(func(c *gateway.Config) { c.ClientIdleTimeout = 300 * time.Millisecond }),
+		withEmulator(emulator.WithFaults(emulator.Faults{All: emulator.CreateFault{Delay: 700 * time.Millisecond}})))
+	busy := s.dial("idle-busy")
+	busy.send(create(nil, user("slow")))
+	idle := s.dial("idle-quiet")
+	_, err := idle.next()
+	require.Error(t, err)
+	assert.Equal(t, websocket.StatusGoingAway, closeStatus(err))
+	r := busy.collect()
+	assert.Equal(t, "response.completed", r.last.Type, "a turn in flight keeps its connection")
+	assert.Positive(t, s.counter("chainmend_limit_rejections_total", map[string]string{"limit": "client_idle"}))
+}
+
+func gaugeValue(t *testing.T, s *stack, name string) float64 {
+	t.Helper()
+	mfs, err := s.reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			v := 0.0
+			for _, m := range mf.GetMetric() {
+				v += m.GetGauge().GetValue()
+			}
+			return v
+		}
+	}
+	return 0
 }

@@ -115,6 +115,10 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 		s.regr = s.reg
 	}
 	s.metrics = newMetrics(s.regr)
+	s.regr.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "chainmend", Name: "request_body_bytes",
+		Help: "Bytes of HTTP request bodies the gateway holds (buffers, as they grew), against --max-body-bytes-in-flight.",
+	}, func() float64 { return float64(s.bodies.used.Load()) }))
 	s.engine = engine.NewMetrics(s.regr)
 	if s.store == nil {
 		st, err := statestore.New(
