@@ -284,6 +284,15 @@ func (d *turn) recover(ctx context.Context, f *failure) (bool, string) {
 		e.Transport = true
 		e.Timeout = errors.Is(f.err, errUpstreamTimeout)
 		e.Message = f.err.Error()
+		var de *dialError
+		if errors.As(f.err, &de) {
+			// The upstream refused a new connection with a status: its status and error are
+			// facts, as an error frame's would be.
+			e.Status = de.status
+			if eb, ok := responses.ParseErrorBody(de.body, de.status); ok {
+				e.Type, e.Code, e.Param = eb.Type, eb.Code, eb.Param
+			}
+		}
 	}
 	rt := *d.t
 	rt.Request = d.t.Request.Clone()

@@ -152,7 +152,13 @@ type stack struct {
 type stackOpts struct {
 	cfg     gateway.Config
 	emuOpts []emulator.Option
+	// front, when set, stands between the gateway and the emulator: it gets the emulator's
+	// URL and returns the one the gateway uses.
+	front func(emuURL string) string
 }
+
+// withFront puts an HTTP server of the test's between the gateway and the emulator.
+func withFront(fn func(emuURL string) string) stackOpt { return func(o *stackOpts) { o.front = fn } }
 
 type stackOpt func(*stackOpts)
 
@@ -182,6 +188,9 @@ func newStack(t *testing.T, script emulator.Script, opts ...stackOpt) *stack {
 	}
 	emu := emulator.StartTest(t, append([]emulator.Option{emulator.WithScript(script)}, o.emuOpts...)...)
 	o.cfg.Upstream = emu.URL()
+	if o.front != nil {
+		o.cfg.Upstream = o.front(emu.URL())
+	}
 
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

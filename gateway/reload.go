@@ -28,6 +28,9 @@ type Reloader struct {
 	gate     ReloadGate
 	force    chan struct{}
 	lastSeen string
+	// refusals counts the reloads refused since the last good one, so that the reload
+	// that ends a bad spell says so.
+	refusals int
 
 	ok        prometheus.Gauge
 	okTime    prometheus.Gauge
@@ -37,7 +40,9 @@ type Reloader struct {
 
 // ReloadGate checks a policy set that compiled before it is activated; an error refuses
 // the set. The error is logged as the reason for the refusal, so it should say which check
-// failed and why. The gateway injects no gate of its own: the fixture gate of
+// failed and why. An error that is (or wraps) engine.Diagnostics holding lint findings
+// only does not refuse the set: it is activated, and the findings are logged with it and
+// returned by Reload. The gateway injects no gate of its own: the fixture gate of
 // --reload-gate is built by the process (internal/settings), so that the runtime never
 // imports a test harness.
 type ReloadGate func(snap *engine.Snapshot) error
@@ -80,26 +85,27 @@ func (r *Reloader) Force() {
 	}
 }
 
-// Reload compiles the directory and activates it when it is good. It returns the findings.
+// Reload compiles the directory and activates it when it is good. It returns the findings:
+// the compiler's, and the lint findings of the gate. While no set was ever activated (at
+// start-up) a refusal's error says that there is no good set to fall back on.
 func (r *Reloader) Reload() (engine.Diagnostics, error) {
 	dir := r.srv.cfg.Policies
 	srcs, err := engine.ReadSources(dir)
 	if err != nil {
-		r.refused(err)
-		return nil, err
+		return nil, r.refused(err)
 	}
 	r.lastSeen = checksum(srcs)
 	snap, diags := engine.Compile(srcs, engine.WithObserver(r.srv.engine))
 	if snap == nil {
-		err := fmt.Errorf("policy set does not compile:\n%w", diags)
-		r.refused(err)
-		return diags, err
+		return diags, r.refused(fmt.Errorf("policy set does not compile:\n%w", diags))
 	}
 	if r.gate != nil {
 		if err := r.runGate(srcs); err != nil {
-			err = fmt.Errorf("reload gate: %w", err)
-			r.refused(err)
-			return diags, err
+			var lint engine.Diagnostics
+			if !errors.As(err, &lint) || lint.HasErrors() {
+				return diags, r.refused(fmt.Errorf("reload gate: %w", err))
+			}
+			diags = append(diags, lint...)
 		}
 	}
 	prev := r.srv.Snapshot()
@@ -107,8 +113,18 @@ func (r *Reloader) Reload() (engine.Diagnostics, error) {
 	r.ok.Set(1)
 	r.okTime.SetToCurrentTime()
 	r.successes.Inc()
-	if prev == nil || prev.Hash != snap.Hash {
+	switch {
+	case r.refusals > 0:
+		// The bad spell is over: the change was fixed or reverted. Operators watching the
+		// refusals need the line that says so, even when the set is the one that stayed.
+		r.srv.log.Info("policy reload good again", "set", snap.Hash, "rules", len(snap.Rules()), "dir", dir,
+			"refused_before", r.refusals, "same_set", prev != nil && prev.Hash == snap.Hash)
+	case prev == nil || prev.Hash != snap.Hash:
 		r.srv.log.Info("policy set active", "set", snap.Hash, "rules", len(snap.Rules()), "dir", dir)
+	}
+	r.refusals = 0
+	if lints := diags.Lints(); len(lints) > 0 {
+		r.srv.log.Warn("policy set active with lint findings", "set", snap.Hash, "lint", len(lints), "findings", lints.Error())
 	}
 	return diags, nil
 }
@@ -125,10 +141,18 @@ func (r *Reloader) runGate(srcs []engine.Source) error {
 	return r.gate(private)
 }
 
-func (r *Reloader) refused(err error) {
+// refused records a refused reload and returns its error. Without an active set (at
+// start-up) there is no last good set to keep, and the log line and the error say so.
+func (r *Reloader) refused(err error) error {
 	r.ok.Set(0)
 	r.failures.Inc()
-	r.srv.log.Error("policy reload refused; the last good set stays active", "err", err.Error())
+	r.refusals++
+	if active := r.srv.Snapshot(); active != nil {
+		r.srv.log.Error("policy reload refused; the last good set stays active", "set", active.Hash, "err", err.Error())
+		return err
+	}
+	r.srv.log.Error("policy set refused; there is no good policy set to serve", "dir", r.srv.cfg.Policies, "err", err.Error())
+	return fmt.Errorf("no good policy set to serve: %w", err)
 }
 
 func checksum(srcs []engine.Source) string {

@@ -474,3 +474,114 @@ func seriesSum(exposition, name string) float64 {
 	}
 	return sum
 }
+
+// TestReloadLogLines: each turn of the reload story leaves one line an operator can act
+// on: a set refused at start-up says there is no good set (not that the last one stays),
+// a set accepted with lint findings says so with the findings, and the reload that ends a
+// spell of refusals says the gateway is good again.
+func TestReloadLogLines(t *testing.T) {
+	t.Run("start-up without a good set", func(t *testing.T) {
+		env := newGateEnv(t)
+		require.NoError(t, os.WriteFile(filepath.Join(env.dir, "40-broken.yaml"), []byte("apiVersion: chainmend/v1\npolicy: broken\nrules:\n  - {id: x, stage: pre_sned, when: 'true'}\n"), 0o644))
+		_, err := env.rl.Reload()
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "no good policy set to serve: policy set does not compile:")
+		assert.Contains(t, err.Error(), `40-broken.yaml:4:20: unknown stage "pre_sned": did you mean pre_send?`)
+		assert.Contains(t, env.logs.String(), "policy set refused; there is no good policy set to serve")
+		assert.NotContains(t, env.logs.String(), "last good set stays active")
+		assert.Nil(t, env.srv.Snapshot())
+	})
+	t.Run("refused, then good again", func(t *testing.T) {
+		env := newGateEnv(t)
+		_, err := env.rl.Reload()
+		require.NoError(t, err)
+		good := env.srv.Snapshot().Hash
+		broken := filepath.Join(env.dir, "40-broken.yaml")
+		require.NoError(t, os.WriteFile(broken, []byte("apiVersion: chainmend/v1\npolicy: broken\nrules:\n  - {id: x, stage: pre_sned, when: 'true'}\n"), 0o644))
+		for range 2 {
+			_, err = env.rl.Reload()
+			require.Error(t, err)
+			assert.NotContains(t, err.Error(), "no good policy set", "a good set is active")
+		}
+		assert.Contains(t, env.logs.String(), "policy reload refused; the last good set stays active")
+		require.NoError(t, os.Remove(broken))
+		_, err = env.rl.Reload()
+		require.NoError(t, err)
+		assert.Equal(t, good, env.srv.Snapshot().Hash)
+		assert.Regexp(t, `msg="policy reload good again" set=`+good+` rules=\d+ dir=\S+ refused_before=2 same_set=true`, env.logs.String())
+		assert.Equal(t, 1.0, testutil.ToFloat64(metric(t, env.reg, "chainmend_policy_last_reload_successful")))
+
+		before := strings.Count(env.logs.String(), "good again")
+		_, err = env.rl.Reload()
+		require.NoError(t, err)
+		assert.Equal(t, before, strings.Count(env.logs.String(), "good again"), "only the reload that ends the refusals says it")
+	})
+	t.Run("accepted with lint findings", func(t *testing.T) {
+		env := newGateEnv(t)
+		require.NoError(t, os.WriteFile(filepath.Join(env.dir, "40-lint.yaml"), []byte("apiVersion: chainmend/v1\npolicy: lint\nrules:\n  - {id: never-fires, stage: pre_send, when: 'false'}\n"), 0o644))
+		diags, err := env.rl.Reload()
+		require.NoError(t, err)
+		require.Len(t, diags.Lints(), 2, "an undeclared reason and a rule that never fires")
+		require.NotNil(t, env.srv.Snapshot())
+		logs := env.logs.String()
+		assert.Contains(t, logs, `msg="policy set active with lint findings"`)
+		assert.Contains(t, logs, `lint=2`)
+		assert.Contains(t, logs, `rule \"never-fires\" can never fire: its when is always false`)
+	})
+}
+
+// TestReloadGateLint: a gate's lint findings (engine.Diagnostics without errors) do not
+// refuse the set; they are returned and logged with it. The fixture gate so reports a case
+// whose request would go upstream with its pairing broken.
+func TestReloadGateLint(t *testing.T) {
+	fixtures := t.TempDir()
+	// The store:true case of esc.yaml without its broken_pairing: the default policies leave
+	// call_B unanswered on purpose, and this fixture does not say so.
+	require.NoError(t, os.WriteFile(filepath.Join(fixtures, "store-true.yaml"), []byte(`name: store-true
+cases:
+  - name: pending-call-left-to-the-upstream
+    request:
+      type: response.create
+      model: gpt-5-codex
+      store: true
+      previous_response_id: resp_1
+      input:
+        - {type: function_call_output, call_id: call_A, output: "exit 0"}
+    state:
+      turn: 2
+      anchor: resp_1
+      cached: resp_1
+      pending: {calls: [call_A, call_B]}
+      previous: {same: true}
+    expect:
+      verdict: send
+      unchanged: true
+`), 0o644))
+	for _, tc := range []struct {
+		name string
+		gate gateway.ReloadGate
+		want string
+	}{
+		{"fixture gate", settings.FixtureGate(fixtures),
+			"lint: case store-true/pending-call-left-to-the-upstream: pairing broken after pre_send: pending call call_B of the chained response has no output"},
+		{"any gate", func(*engine.Snapshot) error {
+			return fmt.Errorf("checked: %w", engine.Diagnostics{{Pos: engine.Pos{File: "x.yaml", Line: 1, Col: 1}, Severity: engine.SevLint, Msg: "a warning"}})
+		}, "x.yaml:1:1: lint: a warning"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newGateEnv(t, gateway.WithReloadGate(tc.gate))
+			diags, err := env.rl.Reload()
+			require.NoError(t, err, "lint does not refuse the set")
+			require.NotNil(t, env.srv.Snapshot())
+			assert.Contains(t, diags.Error(), tc.want)
+			assert.Contains(t, env.logs.String(), `msg="policy set active with lint findings"`)
+			assert.Contains(t, env.logs.String(), strings.Trim(strconv.Quote(tc.want), `"`))
+		})
+	}
+	env := newGateEnv(t, gateway.WithReloadGate(func(*engine.Snapshot) error {
+		return engine.Diagnostics{{Pos: engine.Pos{File: "x.yaml", Line: 1, Col: 1}, Severity: engine.SevError, Msg: "an error"}}
+	}))
+	_, err := env.rl.Reload()
+	require.Error(t, err, "a gate's error findings refuse the set")
+	assert.Contains(t, err.Error(), "reload gate: x.yaml:1:1: an error")
+}

@@ -65,19 +65,9 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer s.release(tenant)
-	hj := &corkHijacker{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
-	c, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
-	if err != nil {
-		return
-	}
-	c.SetReadLimit(s.cfg.MaxFrameBytes)
 	ctx, cancel := context.WithCancel(context.Background())
-	// Frame writes carry no context (see write): the session's end aborts them instead.
-	defer context.AfterFunc(ctx, hj.conn.abort)()
 	ss := &session{
 		srv:     s,
-		client:  c,
-		out:     hj.conn,
 		hdr:     forwardHeaders(r.Header),
 		connID:  connID,
 		ctx:     ctx,
@@ -86,9 +76,37 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 		facts:   map[string]*controlFacts{},
 		drainCh: make(chan struct{}),
 	}
+	// The upstream is dialled before the client's handshake is answered, so that an
+	// upstream that refuses (429 with Retry-After, 503, 401) answers the client itself, as it
+	// would without the gateway. A transport failure does not refuse the client: its first
+	// turn dials again and the rules answer.
+	ss.mu.Lock()
+	_, derr := ss.upstreamLocked()
+	ss.mu.Unlock()
+	var de *dialError
+	if errors.As(derr, &de) {
+		cancel()
+		s.metrics.limits.WithLabelValues("upstream_refused").Inc()
+		de.writeTo(w)
+		return
+	}
+	hj := &corkHijacker{ResponseWriter: w, timeout: s.cfg.WriteTimeout}
+	c, err := websocket.Accept(hj, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		cancel()
+		ss.closeUpstream()
+		return
+	}
+	c.SetReadLimit(s.cfg.MaxFrameBytes)
+	// Frame writes carry no context (see write): the session's end aborts them instead.
+	defer context.AfterFunc(ctx, hj.conn.abort)()
+	ss.mu.Lock()
+	ss.client, ss.out = c, hj.conn
+	ss.mu.Unlock()
 	if !s.track(ss) {
 		_ = c.Close(websocket.StatusGoingAway, "shutting down")
 		cancel()
+		ss.closeUpstream()
 		return
 	}
 	defer s.untrack(ss)
@@ -104,14 +122,7 @@ func (ss *session) run() {
 	defer func() {
 		ss.cancel()
 		ss.workers.Wait()
-		ss.mu.Lock()
-		up := ss.up
-		ss.up = nil
-		ss.mu.Unlock()
-		if up != nil {
-			up.close()
-			ss.srv.metrics.upstream.WithLabelValues("closed").Inc()
-		}
+		ss.closeUpstream()
 		_ = ss.client.CloseNow()
 	}()
 	read := make(chan struct{})
@@ -146,6 +157,18 @@ func (ss *session) run() {
 	if ss.rdErr != nil && strings.Contains(ss.rdErr.Error(), "read limited") {
 		ss.srv.metrics.badFrames.WithLabelValues("frame_too_large").Inc()
 		_ = ss.client.Close(websocket.StatusMessageTooBig, fmt.Sprintf("frame over %d bytes", ss.srv.cfg.MaxFrameBytes))
+	}
+}
+
+// closeUpstream closes the session's upstream connection, if any.
+func (ss *session) closeUpstream() {
+	ss.mu.Lock()
+	up := ss.up
+	ss.up = nil
+	ss.mu.Unlock()
+	if up != nil {
+		up.close()
+		ss.srv.metrics.upstream.WithLabelValues("closed").Inc()
 	}
 }
 

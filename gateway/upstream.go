@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"chainmend/responses"
 )
 
 // upstreamReadLimit bounds one upstream event; a response.completed carries the whole
@@ -40,8 +43,12 @@ func dialUpstream(ctx context.Context, url string, hdr http.Header, client *http
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
-		if resp != nil {
-			return nil, fmt.Errorf("dial upstream: status %d: %w", resp.StatusCode, err)
+		if resp != nil && resp.StatusCode >= 400 {
+			de := &dialError{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After"), contentType: resp.Header.Get("Content-Type"), err: err}
+			if resp.Body != nil {
+				de.body, _ = io.ReadAll(io.LimitReader(resp.Body, 1024))
+			}
+			return nil, de
 		}
 		return nil, fmt.Errorf("dial upstream: %w", err)
 	}
@@ -49,6 +56,45 @@ func dialUpstream(ctx context.Context, url string, hdr http.Header, client *http
 	u := &upstreamConn{conn: c, route: route, done: make(chan struct{}), quit: make(chan struct{}), born: time.Now()}
 	go u.readLoop()
 	return u, nil
+}
+
+// dialError is an upstream that refused the WebSocket handshake with an HTTP status (a rate
+// limit, an overload, a bad credential): its status, Retry-After and body are the client's
+// answer, never a retry.
+type dialError struct {
+	status      int
+	retryAfter  string
+	contentType string
+	body        []byte
+	err         error
+}
+
+func (e *dialError) Error() string {
+	msg := fmt.Sprintf("the upstream refused the connection: %d %s", e.status, http.StatusText(e.status))
+	if e.retryAfter != "" {
+		msg += " (Retry-After: " + e.retryAfter + ")"
+	}
+	return msg
+}
+
+func (e *dialError) Unwrap() error { return e.err }
+
+// writeTo answers a client's handshake with the upstream's refusal.
+func (e *dialError) writeTo(w http.ResponseWriter) {
+	if e.retryAfter != "" {
+		w.Header().Set("Retry-After", e.retryAfter)
+	}
+	if len(e.body) > 0 {
+		ct := e.contentType
+		if ct == "" {
+			ct = "application/json"
+		}
+		w.Header().Set("Content-Type", ct)
+		w.WriteHeader(e.status)
+		_, _ = w.Write(e.body)
+		return
+	}
+	httpError(w, responses.ErrorBody{Status: e.status, Type: "server_error", Message: e.Error()})
 }
 
 func (u *upstreamConn) readLoop() {

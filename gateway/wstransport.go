@@ -280,10 +280,12 @@ func (ss *session) upstreamLocked() (*upstreamConn, error) {
 func (ss *session) route(up *upstreamConn, data []byte) {
 	name := responses.EventLane(data)
 	ss.mu.Lock()
-	l := ss.lanes[name]
+	l, accepted := ss.lanes[name], ss.client != nil
 	ss.mu.Unlock()
 	if l == nil {
-		_ = ss.write(data)
+		if accepted {
+			_ = ss.write(data)
+		}
 		return
 	}
 	select {
