@@ -55,6 +55,9 @@ type Config struct {
 	// MaxQueuedBytes bounds the bytes of those creates; at least MaxFrameBytes, so that one
 	// frame the gateway accepts can always wait.
 	MaxQueuedBytes int64 `yaml:"max_queued_bytes"`
+	// MaxQueuedBytesTotal bounds the bytes of waiting creates across all connections, so
+	// that many connections against a stalled upstream cannot fill the process.
+	MaxQueuedBytesTotal int64 `yaml:"max_queued_bytes_total"`
 	// ShutdownGrace is how long in-flight turns may run on after SIGTERM.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 	// ReloadPoll is the period of the policy directory's checksum poll.
@@ -109,6 +112,7 @@ func DefaultConfig() Config {
 		MaxTenantConnections: 512,
 		MaxQueuedFrames:      256,
 		MaxQueuedBytes:       64 << 20,
+		MaxQueuedBytesTotal:  1 << 30,
 		ShutdownGrace:        20 * time.Second,
 	}
 }
@@ -129,6 +133,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBodyBytesInFlight < c.MaxFrameBytes {
 		return fmt.Errorf("max body bytes in flight (%d) must be at least max frame bytes (%d)", c.MaxBodyBytesInFlight, c.MaxFrameBytes)
+	}
+	if c.MaxQueuedBytesTotal < c.MaxQueuedBytes {
+		return fmt.Errorf("max queued bytes total (%d) must be at least max queued bytes (%d)", c.MaxQueuedBytesTotal, c.MaxQueuedBytes)
 	}
 	if c.MaxQueuedBytes < c.MaxFrameBytes {
 		return fmt.Errorf("max queued bytes (%d) must be at least max frame bytes (%d): one accepted frame must be able to wait", c.MaxQueuedBytes, c.MaxFrameBytes)

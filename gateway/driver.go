@@ -111,6 +111,7 @@ func (s *Server) drive(ctx context.Context, tr transport, lane *laneState, req *
 	scope := s.scopeOf(hdr, req, connID)
 	scope.Lane = lane.name
 	d := s.newTurn(ctx, tr, lane, req, scope, snap)
+	d.connID = connID
 	return d.finish(d.run(ctx))
 }
 
@@ -128,6 +129,7 @@ func (s *Server) follow(ctx context.Context, tr transport, lane *laneState, req 
 	scope := s.scopeOf(hdr, req, connID)
 	scope.Lane = lane.name
 	d := s.newTurn(ctx, tr, lane, req, scope, snap)
+	d.connID = connID
 	d.serverStarted = true
 	d.t.Recovery.Enabled = false
 	outcome, f := d.relay(ctx, wl.watch(up), first)
@@ -143,7 +145,8 @@ func (d *turn) finish(outcome string) string {
 	s.metrics.turns.WithLabelValues(kind, outcome).Inc()
 	elapsed := time.Since(d.began)
 	s.metrics.turnSeconds.WithLabelValues(kind).Observe(elapsed.Seconds())
-	s.log.Info("turn", "transport", kind, "session", d.scope.Session, "lane", d.lane.name, "turn", d.t.Number,
+	s.log.Info("turn", "transport", kind, "conn", d.connID, "tenant", d.scope.Tenant[:min(8, len(d.scope.Tenant))],
+		"session", d.scope.Session, "lane", d.lane.name, "turn", d.t.Number,
 		"server_started", d.serverStarted, "reasons", strings.Join(d.reasons, ","), "outcome", outcome,
 		"ms", float64(elapsed.Microseconds())/1000, "set", d.snap.Hash)
 	return outcome

@@ -217,3 +217,36 @@ func gaugeValue(t *testing.T, s *stack, name string) float64 {
 	}
 	return 0
 }
+
+// TestQueuedBytesProcessBudget: creates waiting behind their lane's turn are bounded in bytes
+// across connections, not only per connection (issue 11 item 3): against a stalled upstream,
+// a second connection's waiting create is refused on its lane once the process budget is
+// full, and the budget comes back when a connection ends.
+func TestQueuedBytesProcessBudget(t *testing.T) {
+	s := newStack(t, emulator.Reply("ok"), withConfig(func(c *gateway.Config) {
+		c.MaxFrameBytes = 128 << 10
+		c.MaxQueuedBytes = 128 << 10
+		c.MaxQueuedBytesTotal = 128 << 10
+		c.FirstEventTimeout = 30 * time.Second
+	}), withEmulator(emulator.WithFaults(emulator.Faults{All: emulator.CreateFault{Stall: true}})))
+	pad := strings.Repeat("z", 80<<10)
+	a := s.dial("budget-a")
+	a.send(create(nil, user("in flight")))
+	a.send(create(nil, user(pad))) // waits: 80 KiB of the process's 128
+	eventually(t, "a's first create upstream", func() bool { return len(s.creates()) == 1 })
+	b := s.dial("budget-b")
+	b.send(create(obj{"stream_id": "x"}, user("in flight")))
+	b.send(create(obj{"stream_id": "x"}, user(pad))) // would wait: over the process budget
+	e, err := b.next()
+	require.NoError(t, err)
+	assert.Equal(t, "too_many_queued_frames", e.Error.Code)
+	assert.Equal(t, "x", e.StreamID, "the refusal names the lane")
+	_ = a.c.CloseNow()
+	eventually(t, "a's budget to come back", func() bool {
+		b.send(create(obj{"stream_id": "x"}, user(pad)))
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		_, _, err := b.c.Read(ctx)
+		return err != nil // nothing refused within the wait: the create is waiting
+	})
+}

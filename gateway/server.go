@@ -47,8 +47,9 @@ type Server struct {
 	draining bool
 	connSeq  atomic.Uint64
 	instance string
-	// bodies bounds the HTTP request bodies held at once.
-	bodies byteBudget
+	// bodies bounds the HTTP request bodies held at once; queued the creates that wait for
+	// their lanes, across connections.
+	bodies, queued byteBudget
 }
 
 // Option configures a Server.
@@ -87,6 +88,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, tenants: map[string]int{}}
 	s.bodies.max.Store(cfg.MaxBodyBytesInFlight)
+	s.queued.max.Store(cfg.MaxQueuedBytesTotal)
 	for _, o := range opts {
 		o(s)
 	}

@@ -122,6 +122,7 @@ func (ss *session) run() {
 	defer func() {
 		ss.cancel()
 		ss.workers.Wait()
+		ss.dropQueued()
 		ss.closeUpstream()
 		_ = ss.client.CloseNow()
 	}()
@@ -157,6 +158,20 @@ func (ss *session) run() {
 	if ss.rdErr != nil && strings.Contains(ss.rdErr.Error(), "read limited") {
 		ss.srv.metrics.badFrames.WithLabelValues("frame_too_large").Inc()
 		_ = ss.client.Close(websocket.StatusMessageTooBig, fmt.Sprintf("frame over %d bytes", ss.srv.cfg.MaxFrameBytes))
+	}
+}
+
+// dropQueued gives back the process budget of the creates that were still waiting when the
+// session ended.
+func (ss *session) dropQueued() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, l := range ss.lanes {
+		for len(l.creates) > 0 {
+			if q := <-l.creates; q.waits {
+				ss.srv.queued.give(int64(q.size))
+			}
+		}
 	}
 }
 

@@ -20,6 +20,8 @@ type turn struct {
 	lane  *laneState
 	scope statestore.Scope
 	snap  *engine.Snapshot
+	// connID names the client connection in logs (never a credential).
+	connID string
 	// t is the turn context: after pre_send, and after each recovery, the request as sent.
 	t *engine.Turn
 	// start is the state the turn began with: post_response rules see the anchor, pending

@@ -104,7 +104,7 @@ func (ss *session) enqueue(lane string, req *responses.Request, size int) {
 	ss.mu.Lock()
 	l := ss.laneLocked(lane)
 	waits := l.held > 0
-	if waits && (ss.queued >= cfg.MaxQueuedFrames || ss.queuedBytes+size > int(cfg.MaxQueuedBytes)) {
+	if waits && (ss.queued >= cfg.MaxQueuedFrames || ss.queuedBytes+size > int(cfg.MaxQueuedBytes) || !ss.srv.queued.take(int64(size))) {
 		ss.mu.Unlock()
 		ss.srv.metrics.limits.WithLabelValues("queued_frames").Inc()
 		ss.writeFrameError(responses.ErrorBody{Status: http.StatusTooManyRequests, Type: "rate_limit_error", Code: "too_many_queued_frames",
@@ -139,6 +139,7 @@ func (l *wsLane) run() {
 			if q.waits {
 				ss.queued--
 				ss.queuedBytes -= q.size
+				ss.srv.queued.give(int64(q.size))
 			}
 			ss.busy++
 			ss.mu.Unlock()

@@ -79,7 +79,7 @@ func (s *wsSession) next() ([]byte, string) {
 	case !s.big && s.step%cycleLen == 0:
 		return s.p.small, classWSFull3K
 	default:
-		s.buf = s.p.chained(s.buf[:0], s.prev, s.call, s.step)
+		s.buf = s.p.chained(s.buf[:0], "", s.prev, s.call, s.step)
 		return s.buf, classWSChained3K
 	}
 }

@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -164,10 +165,39 @@ func newPayloads(sid string, seed uint64) *payloads {
 	return p
 }
 
-// chained appends a chained create to buf: the output of call when call is set, else a
-// user message (numbered: a message the chain already holds would be an edited history).
-func (p *payloads) chained(buf []byte, prev, call string, step int) []byte {
-	buf = append(buf, `{"type":"response.create",`...)
+// createPrefix opens every WebSocket create this tool sends.
+const createPrefix = `{"type":"response.create",`
+
+// onLane returns a copy of a WebSocket create with "stream_id" set to lane, placed right
+// after the type so that the rest of the frame is byte for byte the default-lane create.
+func onLane(create []byte, lane string) []byte {
+	rest, ok := bytes.CutPrefix(create, []byte(createPrefix))
+	if !ok {
+		panic("loadgen: onLane on a frame that is not one of ours")
+	}
+	out := make([]byte, 0, len(create)+len(lane)+16)
+	out = append(out, createPrefix...)
+	out = appendLane(out, lane)
+	return append(out, rest...)
+}
+
+// appendLane appends the stream_id member of lane (nothing for the default lane). Lane
+// names are ours and need no escaping.
+func appendLane(buf []byte, lane string) []byte {
+	if lane == "" {
+		return buf
+	}
+	buf = append(buf, `"stream_id":"`...)
+	buf = append(buf, lane...)
+	return append(buf, `",`...)
+}
+
+// chained appends a chained create on lane ("" for the default lane) to buf: the output of
+// call when call is set, else a user message (numbered: a message the chain already holds
+// would be an edited history).
+func (p *payloads) chained(buf []byte, lane, prev, call string, step int) []byte {
+	buf = append(buf, createPrefix...)
+	buf = appendLane(buf, lane)
 	buf = append(buf, p.envelope...)
 	buf = append(buf, `"previous_response_id":"`...)
 	buf = append(buf, prev...)

@@ -106,31 +106,23 @@ func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	type workerOut struct {
-		pairs   map[string]*pairSet
-		n       int
-		err     error
-		gwTurns int
-	}
-	outs := make([]workerOut, ps.sessions)
+	outs := make([]*convWorker, ps.sessions)
 	var ready, wg sync.WaitGroup
 	start := make(chan struct{})
 	var meter *cpuMeter
 	var rbefore map[string]int64
 	ready.Add(ps.sessions)
 	for w := 0; w < ps.sessions; w++ {
+		seed := e.seed.Add(1)
+		o := newConvWorker(seed)
+		outs[w] = o
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			o := &outs[w]
-			o.pairs = map[string]*pairSet{}
-			seed := e.seed.Add(1)
 			sid := fmt.Sprintf("lg-%s-%d-%d", ps.name, w, seed)
 			p := newPayloads(sid, seed)
 			hdr := clientHeaders(sid, fmt.Sprintf("t%d", w%4))
-			rng := rand.New(rand.NewPCG(seed, 7))
 			gt := gts[w%len(gts)]
-			var turnD, turnG func(context.Context) (sample, error)
 			if ps.transport == "ws" {
 				d, err := dialWS(dctx, directT, hdr, p)
 				if err != nil {
@@ -149,43 +141,21 @@ func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
 				if ps.mix == mixBig {
 					d.big, g.big = true, true
 				}
-				turnD, turnG = d.turn, g.turn
+				o.turnD, o.turnG = d.turn, g.turn
 			} else {
 				d := &httpSession{tg: directT, hdr: hdr, p: p, big: ps.mix == mixBig}
 				g := &httpSession{tg: gt, hdr: hdr, p: p, big: ps.mix == mixBig}
-				turnD, turnG = d.turn, g.turn
+				o.turnD, o.turnG = d.turn, g.turn
 			}
 			ready.Done()
 			<-start
 			for i := 0; i < ps.pairs && pctx.Err() == nil; i++ {
-				var sd, sg sample
-				var err error
-				if rng.IntN(2) == 0 {
-					if sd, err = turnD(pctx); err == nil {
-						sg, err = turnG(pctx)
-						if err == nil {
-							o.gwTurns++
-						}
-					}
-				} else {
-					if sg, err = turnG(pctx); err == nil {
-						o.gwTurns++
-						sd, err = turnD(pctx)
-					}
-				}
-				if err != nil {
+				if err := o.pair(pctx, true); err != nil {
 					if pctx.Err() == nil {
 						o.err = err
 					}
 					return
 				}
-				ps := o.pairs[sd.class]
-				if ps == nil {
-					ps = &pairSet{}
-					o.pairs[sd.class] = ps
-				}
-				ps.add(sd, sg)
-				o.n++
 			}
 		}(w)
 	}
@@ -206,7 +176,6 @@ func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
 		d := diffCommandStats(rbefore, ps.redis.commandStats(), sg, pl)
 		res.Redis = &d
 	}
-	all := map[string]*pairSet{}
 	gwTurns := 0
 	for _, o := range outs {
 		res.Pairs += o.n
@@ -217,21 +186,8 @@ func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
 				res.FirstErr = o.err.Error()
 			}
 		}
-		for c, p := range o.pairs {
-			if all[c] == nil {
-				all[c] = &pairSet{}
-			}
-			all[c].merge(p)
-		}
 	}
-	classes := make([]string, 0, len(all))
-	for c := range all {
-		classes = append(classes, c)
-	}
-	sort.Strings(classes)
-	for _, c := range classes {
-		res.Classes = append(res.Classes, all[c].result(c))
-	}
+	res.Classes = classResults(outs)
 	res.WallSec = wall.Seconds()
 	res.GatewayCPUms = float64(cpu.Microseconds()) / 1e3
 	if gwTurns > 0 {
@@ -254,4 +210,76 @@ func (e *env) runPhase(ctx context.Context, ps phaseSpec) PhaseResult {
 	gwCli.CloseIdleConnections()
 	e.logf("phase %-22s %5d pairs in %5.1fs, gateway CPU %.0f µs/turn, errors %d %s", ps.name, res.Pairs, res.WallSec, res.CPUPerTurnUs, res.Errors, res.FirstErr)
 	return res
+}
+
+// convWorker is one conversation held twice, once direct and once through a gateway, and
+// the matched turns it ran. Only its own goroutine touches it while a phase runs.
+type convWorker struct {
+	turnD, turnG func(context.Context) (sample, error)
+	rng          *rand.Rand
+	pairs        map[string]*pairSet
+	n            int // recorded pairs
+	gwTurns      int // gateway turns of recorded pairs, failed pairs included
+	err          error
+}
+
+func newConvWorker(seed uint64) *convWorker {
+	return &convWorker{rng: rand.New(rand.NewPCG(seed, 7)), pairs: map[string]*pairSet{}}
+}
+
+// pair runs the conversation's next turn on both sides, back to back in random order, so
+// that both see the same machine state; record keeps the pair (a warm-up pair is run for
+// its side effects only).
+func (w *convWorker) pair(ctx context.Context, record bool) error {
+	var sd, sg sample
+	var err error
+	if w.rng.IntN(2) == 0 {
+		if sd, err = w.turnD(ctx); err == nil {
+			sg, err = w.turnG(ctx)
+			if err == nil && record {
+				w.gwTurns++
+			}
+		}
+	} else {
+		if sg, err = w.turnG(ctx); err == nil {
+			if record {
+				w.gwTurns++
+			}
+			sd, err = w.turnD(ctx)
+		}
+	}
+	if err != nil || !record {
+		return err
+	}
+	ps := w.pairs[sd.class]
+	if ps == nil {
+		ps = &pairSet{}
+		w.pairs[sd.class] = ps
+	}
+	ps.add(sd, sg)
+	w.n++
+	return nil
+}
+
+// classResults merges the workers' pairs by turn class, classes in name order.
+func classResults(ws []*convWorker) []ClassResult {
+	all := map[string]*pairSet{}
+	for _, w := range ws {
+		for c, p := range w.pairs {
+			if all[c] == nil {
+				all[c] = &pairSet{}
+			}
+			all[c].merge(p)
+		}
+	}
+	classes := make([]string, 0, len(all))
+	for c := range all {
+		classes = append(classes, c)
+	}
+	sort.Strings(classes)
+	out := make([]ClassResult, 0, len(classes))
+	for _, c := range classes {
+		out = append(out, all[c].result(c))
+	}
+	return out
 }

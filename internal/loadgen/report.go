@@ -23,6 +23,14 @@ func quad(d Dist) string {
 func writeTables(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "Run %s, %s, %d CPUs, load average %s before, %s after, %.0f s.\n\n",
 		r.Started, r.GoVersion, r.CPUs, r.LoadBefore, r.LoadAfter, r.WallSec)
+	if len(r.Phases) > 0 {
+		writePhases(w, r)
+	}
+	writeRest(w, r)
+}
+
+// writePhases prints the latency phases' tables.
+func writePhases(w io.Writer, r *Report) {
 	fmt.Fprintln(w, "Latency added by the gateway, µs: \"added\" = gateway percentile − direct percentile;")
 	fmt.Fprintln(w, "\"paired\" = percentiles of the per-turn differences (same turn, back to back). Each cell p50 / p90 / p99 / p99.9.")
 	fmt.Fprintln(w)
@@ -64,6 +72,10 @@ func writeTables(w io.Writer, r *Report) {
 			fmt.Fprintf(w, "\nRedis commands in %s (%d gateway turns): %s\n", p.Name, p.Pairs, strings.Join(parts, ", "))
 		}
 	}
+}
+
+// writeRest prints everything but the latency phases.
+func writeRest(w io.Writer, r *Report) {
 	if t := r.Throughput; t != nil {
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "Saturation (%d sessions of chained 3 KB WebSocket turns, %d × %.1f s windows per side, alternating):\n\n", t.Sessions, t.Windows, t.WindowSec)
@@ -105,6 +117,7 @@ func writeTables(w io.Writer, r *Report) {
 			}
 		}
 	}
+	writeLanes(w, r.Lanes)
 	for _, p := range r.Phases {
 		if p.FirstErr != "" {
 			fmt.Fprintf(w, "\n%s: %d errors, first: %s\n", p.Name, p.Errors, p.FirstErr)
@@ -130,4 +143,44 @@ func writeTables(w io.Writer, r *Report) {
 			r.StoreCommits["redis"], r.StoreCommits["local_only"], r.StoreCommits["degraded"])
 	}
 	fmt.Fprintf(w, "\nEmulator: %d connections, %d creates, %d responses, %d errors.\n", r.Emulator.Connections, r.Emulator.Creates, r.Emulator.Responses, r.Emulator.Errors)
+}
+
+// ratioCell prints a ratio, "–" when it is undefined (ratio returned 0).
+func ratioCell(v float64) string {
+	if v == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+// writeLanes prints the lanes phases: each arm's figures, and on the baselines the lanes
+// arm's over them.
+func writeLanes(w io.Writer, ls []LanesResult) {
+	if len(ls) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Lanes (%d lanes per session on one WebSocket; each arm %d windows of %.0f ms, arms alternating; %s turns; "+
+		"added = gateway − direct percentile at the terminal event, µs; lanes / baseline target ≤ 1.10):\n\n",
+		ls[0].Lanes, ls[0].Rounds, ls[0].WindowSec*1000, ls[0].Class)
+	fmt.Fprintln(w, "| phase | arm | sockets × lanes | pairs | direct p50 | added p50 / p90 / p99 | CPU µs/turn | lanes / arm: added p50 / p90 / p99, CPU | Redis write / read RT per turn | errors |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	for _, l := range ls {
+		for _, a := range l.Arms {
+			vs, rt := "–", "–"
+			if a.Vs != nil {
+				vs = fmt.Sprintf("%s / %s / %s, %s", ratioCell(a.Vs.AddedP50), ratioCell(a.Vs.AddedP90), ratioCell(a.Vs.AddedP99), ratioCell(a.Vs.CPU))
+			}
+			if l.Store == "redis" {
+				rt = fmt.Sprintf("%.2f / %.3f", a.RedisWriteRTPerTurn, a.RedisReadRTPerTurn)
+			}
+			fmt.Fprintf(w, "| %s | %s | %d × %d | %d | %s | %s / %s / %s | %.0f | %s | %s | %d |\n", l.Name, a.Arm, a.Sockets, a.LanesPerSocket,
+				a.Pairs, f0(a.DirectP50Us), f0(a.Added.P50), f0(a.Added.P90), f0(a.Added.P99), a.CPUPerTurnUs, vs, rt, a.Errors)
+		}
+	}
+	for _, l := range ls {
+		if l.FirstErr != "" {
+			fmt.Fprintf(w, "\n%s: %d errors, first: %s\n", l.Name, l.Errors, l.FirstErr)
+		}
+	}
 }

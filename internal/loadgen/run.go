@@ -51,8 +51,14 @@ type Config struct {
 	Profile      bool
 	ProfileSec   int
 	Quick        bool
-	Only         *regexp.Regexp // latency phases to run (nil: all)
-	ProfileMix   string         // "all" or one of ws-small, ws-big, http-small, http-big
+	Only         *regexp.Regexp // phases to run by name (nil: all); see want
+	// Lanes phases (lanes.go): LaneSessions × Lanes lanes, each arm LaneRounds windows of
+	// LaneWindow.
+	LaneSessions []int
+	Lanes        int
+	LaneWindow   time.Duration
+	LaneRounds   int
+	ProfileMix   string // "all" or one of ws-small, ws-big, http-small, http-big
 }
 
 // Report is the whole run, printed as tables or as JSON (--json).
@@ -68,6 +74,7 @@ type Report struct {
 	Stream     *StreamResult     `json:"stream,omitempty"`
 	Idle       *IdleResult       `json:"idle,omitempty"`
 	Moved      []MovedResult     `json:"moved,omitempty"`
+	Lanes      []LanesResult     `json:"lanes,omitempty"`
 	Profiles   []string          `json:"profiles,omitempty"`
 	// RulesFired is what the policies did on every gateway over the whole run, by reason;
 	// StoreCommits the gateways' store commits by result (redis, local_only, degraded: a
@@ -155,7 +162,12 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.ProfileSec, "profile-seconds", 8, "length of the profiled load")
 	fs.BoolVar(&c.Quick, "quick", false, "a short smoke run (small counts)")
 	genv := fs.String("gateway-env", "", "comma-separated KEY=VALUE pairs for the gateway processes (e.g. GOMAXPROCS=1,GOGC=200)")
-	only := fs.String("only", "", "run only the latency phases whose name matches this regexp (e.g. 'ws-small-1-')")
+	only := fs.String("only", "", "run only the phases whose name matches this regexp: latency phases (e.g. 'ws-small-1-'), "+
+		"lanes phases ('lanes'), and 'moved', 'throughput', 'stream', 'idle'")
+	laneSessions := fs.String("lanes-sessions", "1,10", "session counts of the lanes phases (each with Redis and with the local store)")
+	fs.IntVar(&c.Lanes, "lanes", 4, "lanes per session in the lanes phases (0 skips them)")
+	fs.DurationVar(&c.LaneWindow, "lanes-window", 400*time.Millisecond, "length of one window of a lanes phase")
+	fs.IntVar(&c.LaneRounds, "lanes-rounds", 3, "windows per arm of a lanes phase")
 	fs.StringVar(&c.ProfileMix, "profile-mix", "all", "load during --profile: all, ws-small, ws-big, http-small or http-big")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -171,17 +183,43 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		}
 		c.Only = re
 	}
-	for _, s := range strings.Split(*sessions, ",") {
-		var n int
-		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err == nil && n > 0 {
-			c.Sessions = append(c.Sessions, n)
-		}
-	}
+	c.Sessions, c.LaneSessions = counts(*sessions), counts(*laneSessions)
 	if c.Quick {
 		c.PhaseWall, c.Pairs1, c.PairsN = time.Second, 300, 30
 		c.TputWindows, c.TputWindow, c.StreamDeltas, c.IdleSessions = 1, 500*time.Millisecond, 5000, 500
+		c.LaneRounds, c.LaneWindow = 1, 250*time.Millisecond
 	}
 	return c, nil
+}
+
+// counts parses a comma-separated list of positive counts, skipping anything else.
+func counts(list string) []int {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// want reports whether the phase called name runs: all of them unless --only is given.
+func (c *Config) want(name string) bool { return c.Only == nil || c.Only.MatchString(name) }
+
+// laneNames are the names of the lanes phases, in the order they run.
+func (c *Config) laneNames() (names, stores []string, sessions []int) {
+	if c.Lanes <= 0 {
+		return nil, nil, nil
+	}
+	for _, n := range c.LaneSessions {
+		for _, st := range []string{"local", "redis"} {
+			if name := fmt.Sprintf("lanes-%d-%s", n, st); c.want(name) {
+				names, stores, sessions = append(names, name), append(stores, st), append(sessions, n)
+			}
+		}
+	}
+	return names, stores, sessions
 }
 
 func (r *Report) failed() bool {
@@ -191,7 +229,8 @@ func (r *Report) failed() bool {
 		}
 	}
 	return (r.Throughput != nil && r.Throughput.Errors > 0) || (r.Stream != nil && r.Stream.Error != "") ||
-		(r.Idle != nil && r.Idle.Error != "") || slices.ContainsFunc(r.Moved, func(m MovedResult) bool { return m.Errors > 0 })
+		(r.Idle != nil && r.Idle.Error != "") || slices.ContainsFunc(r.Moved, func(m MovedResult) bool { return m.Errors > 0 }) ||
+		slices.ContainsFunc(r.Lanes, func(l LanesResult) bool { return l.Errors > 0 })
 }
 
 func loadavg() string {
@@ -235,6 +274,17 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(logw, "%6.1fs  %s\n", time.Since(t0).Seconds(), fmt.Sprintf(format, args...))
 	}
+	// --only also selects the runs that are not latency phases, by these names.
+	if !cfg.want("idle") {
+		cfg.IdleSessions = 0
+	}
+	if !cfg.want("throughput") {
+		cfg.TputSessions = 0
+	}
+	if !cfg.want("stream") {
+		cfg.StreamDeltas = 0
+	}
+	laneNames, laneStores, laneSessions := cfg.laneNames()
 	if cfg.IdleSessions > 0 {
 		// 2 sockets per session in the gateway, 2 here (client, emulator side), plus slack.
 		lim := raiseNoFile(uint64(2*cfg.IdleSessions + 4096))
@@ -282,13 +332,13 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	}
 	defer gwA.stop()
 	var gwB, gwL *gatewayProc
-	if cfg.Moved {
+	if cfg.Moved && (cfg.want("moved") || cfg.want("ws-small-10-redis-2inst")) {
 		if gwB, err = startGateway("B", filepath.Join(outDir, "gateway-B.log"), gwArgs("--redis", rds.url())...); err != nil {
 			return nil, err
 		}
 		defer gwB.stop()
 	}
-	if cfg.Local || cfg.IdleSessions > 0 {
+	if cfg.Local || cfg.IdleSessions > 0 || slices.Contains(laneStores, "local") {
 		if gwL, err = startGateway("L", filepath.Join(outDir, "gateway-L.log"), gwArgs()...); err != nil {
 			return nil, err
 		}
@@ -311,7 +361,7 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	}
 
 	phase := func(name, tr, mix, store string, n int, gws []*gatewayProc) {
-		if cfg.Only != nil && !cfg.Only.MatchString(name) {
+		if !cfg.want(name) {
 			return
 		}
 		ps := phaseSpec{name: name, transport: tr, mix: mix, store: store, sessions: n, maxWall: cfg.PhaseWall, gateways: gws}
@@ -339,12 +389,24 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 			}
 		}
 	}
+	for i, name := range laneNames {
+		ls := lanesSpec{name: name, store: laneStores[i], sessions: laneSessions[i], lanes: cfg.Lanes,
+			window: cfg.LaneWindow, rounds: max(1, cfg.LaneRounds), maxPairs: cfg.Pairs1, gateway: gwL}
+		if ls.store == "redis" {
+			ls.gateway, ls.redis = gwA, rds
+		}
+		rep.Lanes = append(rep.Lanes, e.runLanes(ctx, ls))
+	}
 	if cfg.Moved {
 		// Scale-out: the same 10-session phase over one instance and over two.
 		phase("ws-small-10-redis-1inst", "ws", mixSmall, "redis", 10, []*gatewayProc{gwA})
+	}
+	if gwB != nil {
 		phase("ws-small-10-redis-2inst", "ws", mixSmall, "redis", 10, []*gatewayProc{gwA, gwB})
-		for _, off := range []int{cycleLen / 2, 0} {
-			rep.Moved = append(rep.Moved, e.runMoved(ctx, []*gatewayProc{gwA, gwB}, rds, 10, cond(cfg.Quick, 17, 49), off))
+		if cfg.want("moved") {
+			for _, off := range []int{cycleLen / 2, 0} {
+				rep.Moved = append(rep.Moved, e.runMoved(ctx, []*gatewayProc{gwA, gwB}, rds, 10, cond(cfg.Quick, 17, 49), off))
+			}
 		}
 	}
 	if cfg.TputSessions > 0 {

@@ -49,7 +49,9 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 	fs.StringVar(&c.Listen, "listen", c.Listen, "address to serve on")
 	fs.StringVar(&c.Upstream, "upstream", c.Upstream, "Responses API base URL")
 	fs.StringVar(&c.Policies, "policies", c.Policies, "policy directory")
-	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis URL (redis://, rediss://, redis-sentinel or cluster); empty: embedded local store")
+	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis URL: redis://[user:pass@]H:P[/db] (one node; a Cluster node is detected; rediss:// for TLS), "+
+		"a Cluster as redis+cluster://H:P, redis://H:P?addr=H:P&addr=… or H:P,H:P,…, Sentinels as redis+sentinel://H:P[,H:P]?master_name=NAME; "+
+		"a URL that does not fit the server is refused at start; empty: embedded local store")
 	fs.StringVar(&c.Mode, "mode", c.Mode, "repair or strict (default follows the build: -tags debug is strict)")
 	fs.Int64Var(&c.MaxFrameBytes, "max-frame-bytes", c.MaxFrameBytes, "largest client frame; larger ones close the connection with 1009")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "upstream handshake timeout")
@@ -67,6 +69,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 	fs.IntVar(&c.MaxTenantConnections, "max-tenant-connections", c.MaxTenantConnections, "open client connections per tenant (credential)")
 	fs.IntVar(&c.MaxQueuedFrames, "max-queued-frames", c.MaxQueuedFrames, "creates of one connection that may wait for their lanes")
 	fs.Int64Var(&c.MaxQueuedBytes, "max-queued-bytes", c.MaxQueuedBytes, "bytes of those waiting creates (at least --max-frame-bytes)")
+	fs.Int64Var(&c.MaxQueuedBytesTotal, "max-queued-bytes-total", c.MaxQueuedBytesTotal, "bytes of waiting creates across all connections (at least --max-queued-bytes)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "how long in-flight turns may finish after SIGTERM")
 	fs.StringVar(&st.ReloadGate, "reload-gate", st.ReloadGate, "fixture directory a new policy set must pass before it is activated (empty: compile only)")
 	fs.DurationVar(&c.ReloadPoll, "reload-poll", c.ReloadPoll, "checksum poll of the policy directory, a safety net under file events")
