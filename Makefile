@@ -117,9 +117,10 @@ bench:
 # load runs the side-by-side load tool (issue 7, BENCHMARKS.md "Gateway path"; about two and
 # a half minutes): Codex-shaped conversations against the emulator, direct and through the
 # gateway, interleaved turn by turn, with a Redis store and a local one, two instances on one
-# Redis, the saturation run, the streaming relay and idle sessions. LOADFLAGS adds flags:
-# --json, --quick (a short smoke run), --profile --out DIR (CPU and allocation profiles of
-# the gateway), --only REGEXP (latency phases by name).
+# Redis, lanes (4 per socket), the saturation run, the streaming relay and idle sessions.
+# LOADFLAGS adds flags: --json, --quick (a short smoke run), --profile --out DIR (CPU and
+# allocation profiles of the gateway), --only REGEXP (phases by name: ws-small-1-, lanes,
+# moved, throughput, stream, idle).
 LOADFLAGS ?=
 load:
 	@$(MAKE) -s deps-redis >/dev/null
