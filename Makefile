@@ -109,7 +109,7 @@ check-policies: build
 	$(BIN)/policyctl validate $(POLICIES)
 
 policytest: build
-	$(BIN)/policyctl test --policies $(POLICIES) policytests
+	$(BIN)/policyctl test --coverage --policies $(POLICIES) policytests
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./responses/ ./engine/ ./statestore/ ./emulator/ ./gateway/

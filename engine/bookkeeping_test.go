@@ -187,11 +187,11 @@ func TestStageAvailability(t *testing.T) {
 		rules string
 		want  string // "" compiles
 	}{
-		{"response in pre_send", `  - {id: a, stage: pre_send, when: 'response.id != ""'}`, "undeclared reference to 'response' (response.* exists only in stage post_response)"},
-		{"response in on_upstream_error", `  - {id: a, stage: on_upstream_error, when: 'size(response.calls) > 0'}`, "undeclared reference to 'response' (response.* exists only in stage post_response)"},
-		{"error.timeout in post_response", `  - {id: a, stage: post_response, when: 'error.timeout'}`, "undeclared reference to 'error' (error.* exists only in stage on_upstream_error)"},
+		{"response in pre_send", `  - {id: a, stage: pre_send, when: 'response.id != ""'}`, "undeclared reference to 'response' (response.* exists only in stage post_response; this rule runs in pre_send)"},
+		{"response in on_upstream_error", `  - {id: a, stage: on_upstream_error, when: 'size(response.calls) > 0'}`, "undeclared reference to 'response' (response.* exists only in stage post_response; this rule runs in on_upstream_error)"},
+		{"error.timeout in post_response", `  - {id: a, stage: post_response, when: 'error.timeout'}`, "undeclared reference to 'error' (error.* exists only in stage on_upstream_error; this rule runs in post_response)"},
 		{"error.timeout in on_upstream_error", `  - {id: a, stage: on_upstream_error, when: 'error.timeout && error.transport'}`, ""},
-		{"recovery in post_response", `  - {id: a, stage: post_response, when: 'recovery.client_written'}`, "undeclared reference to 'recovery' (recovery.* exists only in stage on_upstream_error)"},
+		{"recovery in post_response", `  - {id: a, stage: post_response, when: 'recovery.client_written'}`, "undeclared reference to 'recovery' (recovery.* exists only in stage on_upstream_error; this rule runs in post_response)"},
 		{"common facts everywhere", `  - {id: a, stage: post_response, when: 'replay.known && turn.lane == "" && session.anchor == "" && size(previous.item_keys) == 0'}`, ""},
 		{"record_pending in pre_send", `  - {id: a, stage: pre_send, when: 'true', actions: [{record_pending: request.calls}]}`, "action record_pending is not allowed in stage pre_send (only in post_response)"},
 		{"append_transcript in on_upstream_error", `  - {id: a, stage: on_upstream_error, when: 'true', actions: [append_transcript]}`, "action append_transcript is not allowed in stage on_upstream_error (only in post_response)"},
@@ -214,7 +214,7 @@ func TestStageAvailability(t *testing.T) {
 		{"sub-stage of pre_send and on_upstream_error cannot read error facts", `
   - {id: a, stage: pre_send, when: 'true', actions: [{run_stage: sub}]}
   - {id: b, stage: on_upstream_error, when: 'true', actions: [{run_stage: sub}]}
-  - {id: c, stage: sub, when: 'error.code == ""'}`, "undeclared reference to 'error' (error.* exists only in stage on_upstream_error)"},
+  - {id: c, stage: sub, when: 'error.code == ""'}`, "undeclared reference to 'error' (error.* exists only in stage on_upstream_error; stage sub is entered from pre_send, on_upstream_error and sees only the variables they all have)"},
 		{"sub-stage of on_upstream_error only reads error facts", `
   - {id: a, stage: on_upstream_error, when: 'true', actions: [{run_stage: sub}]}
   - {id: c, stage: sub, when: 'error.code == ""'}`, ""},

@@ -82,6 +82,16 @@ var brokenCases = []brokenCase{
 	{file: "missing_when.yaml", at: []string{"id: no-when"}},
 	{file: "bad_then.yaml", at: []string{"halt"}},
 	{file: "bad_reason.yaml", at: []string{"Prev-Dropped!"}},
+	{file: "error_var_in_sub_stage.yaml", at: []string{"error.code"}},
+	{file: "response_var_in_pre_send.yaml", at: []string{"response.status"}},
+	{file: "unquoted_string_arg.yaml", at: []string{"model_not_allowed"}},
+	{file: "unquoted_message_arg.yaml", at: []string{"not allowed here"}},
+	{file: "stage_typo.yaml", at: []string{"presend"}},
+	{file: "run_stage_typo.yaml", at: []string{"run_stage: pairng", "pairing"}},
+	{file: "function_overload.yaml", at: []string{`without(request.calls, "call_1")`}},
+	{file: "method_overload.yaml", at: []string{"join(1)"}},
+	{file: "compare_types.yaml", at: []string{"== 5"}},
+	{file: "bare_list.yaml", at: []string{"- id: inject-aborted"}},
 }
 
 func TestBrokenPolicies(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"cel.dev/cel-go/cel"
 )
@@ -97,7 +98,8 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 			}
 			entry := isEntryStage(r.Stage)
 			if !entry && len(entered[r.Stage]) == 0 {
-				sink.errorf(r.stagePos, "unknown stage %q (entry stages: %s; other stages must be entered with run_stage)", r.Stage, strings.Join(entryStages, ", "))
+				sink.errorf(r.stagePos, "unknown stage %q%s (entry stages: %s; other stages must be entered with run_stage)",
+					r.Stage, unknownStageHint(r.Stage, entered), strings.Join(entryStages, ", "))
 				continue
 			}
 			if len(declared) > 0 {
@@ -111,7 +113,8 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 				return nil, sink.list.sorted()
 			}
 			cr := &compiledRule{Rule: r, policy: p.Name}
-			cr.when = compileExpr(env, r.When, cel.BoolType, limit, &sink, "when")
+			ctx := exprContext{what: "when", stage: r.Stage, entries: reachedFrom[r.Stage]}
+			cr.when = compileExpr(env, r.When, cel.BoolType, limit, &sink, ctx)
 			if cr.when != nil && isConstFalse(env, r.When) {
 				sink.lintf(r.When.Pos, "rule %q can never fire: its when is always false", r.ID)
 			}
@@ -120,7 +123,8 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 				checkActionStage(r, a, spec, reachedFrom[r.Stage], &sink)
 				ca := compiledAction{Action: a, spec: spec, args: map[string]*program{}}
 				if a.If != nil {
-					ca.guard = compileExpr(env, *a.If, cel.BoolType, limit, &sink, "if")
+					ctx.what = "if"
+					ca.guard = compileExpr(env, *a.If, cel.BoolType, limit, &sink, ctx)
 				}
 				names := make([]string, 0, len(a.Args))
 				for n := range a.Args {
@@ -128,7 +132,9 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 				}
 				sort.Strings(names)
 				for _, n := range names {
-					ca.args[n] = compileExpr(env, a.Args[n], spec.args[n], limit, &sink, string(a.Kind)+"."+n)
+					ctx.what, ctx.arg = string(a.Kind)+"."+n, n
+					ca.args[n] = compileExpr(env, a.Args[n], spec.args[n], limit, &sink, ctx)
+					ctx.arg = ""
 				}
 				if a.Kind == ActRunStage && isEntryStage(a.Word) {
 					sink.errorf(a.Pos, "run_stage cannot enter the entry stage %s", a.Word)
@@ -139,10 +145,22 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 			snap.stages[r.Stage] = append(snap.stages[r.Stage], cr)
 		}
 	}
+	var ruleStages []string
+	for _, p := range snap.Policies {
+		for _, r := range p.Rules {
+			if !isEntryStage(r.Stage) && !slices.Contains(ruleStages, r.Stage) {
+				ruleStages = append(ruleStages, r.Stage)
+			}
+		}
+	}
 	for stage, poss := range entered {
 		if len(snap.stages[stage]) == 0 && !isEntryStage(stage) {
+			hint := ""
+			if s := Suggest(stage, ruleStages); s != "" {
+				hint = fmt.Sprintf(": did you mean %s?", s)
+			}
 			for _, p := range poss {
-				sink.errorf(p, "run_stage enters stage %q, which has no rules", stage)
+				sink.errorf(p, "run_stage enters stage %q, which has no rules%s", stage, hint)
 			}
 		}
 	}
@@ -170,21 +188,28 @@ type program struct {
 	// max is the static cost estimate's upper bound.
 	max uint64
 	pos Pos
+
+	// For explanations only (WithExplain): the checked expression, its environment and
+	// cost limit, and the state-tracking program built from them on first use.
+	checked   *cel.Ast
+	env       *cel.Env
+	limit     uint64
+	stateOnce sync.Once
+	state     cel.Program
+	stateErr  error
 }
 
 // compileExpr compiles one expression, checks its type and its static cost, and maps every
 // CEL error back into the policy file.
-func compileExpr(env *cel.Env, e Expr, want *cel.Type, limit uint64, sink *diagSink, what string) *program {
+func compileExpr(env *cel.Env, e Expr, want *cel.Type, limit uint64, sink *diagSink, ctx exprContext) *program {
+	what := ctx.what
 	if strings.TrimSpace(e.Text) == "" {
 		sink.errorf(e.Pos, "%s: empty expression", what)
 		return nil
 	}
 	checked, iss := env.Compile(e.Text)
 	if iss != nil && iss.Err() != nil {
-		for _, ce := range iss.Errors() {
-			loc := ce.Location
-			sink.errorf(e.errorPos(loc.Line(), loc.Column(), ce.Message), "%s: %s%s", what, ce.Message, stageHint(ce.Message))
-		}
+		checkMessages(env, e, want, ctx, iss.Errors(), sink)
 		return nil
 	}
 	if !checked.OutputType().IsAssignableType(want) {
@@ -214,5 +239,21 @@ func compileExpr(env *cel.Env, e Expr, want *cel.Type, limit uint64, sink *diagS
 		sink.errorf(e.Pos, "%s: %v", what, err)
 		return nil
 	}
-	return &program{fast: fast, tracked: tracked, max: est.Max, pos: e.Pos}
+	return &program{fast: fast, tracked: tracked, max: est.Max, pos: e.Pos, checked: checked, env: env, limit: limit}
+}
+
+// unknownStageHint suggests the entry stage a typo meant, or names a run_stage whose target
+// looks like this stage (the typo may be on the other side).
+func unknownStageHint(stage string, entered map[string][]Pos) string {
+	if s := Suggest(stage, entryStages); s != "" {
+		return fmt.Sprintf(": did you mean %s?", s)
+	}
+	targets := make([]string, 0, len(entered))
+	for t := range entered {
+		targets = append(targets, t)
+	}
+	if s := Suggest(stage, targets); s != "" {
+		return fmt.Sprintf(": no rule enters it, and run_stage enters %q at %s; a typo?", s, entered[s][0])
+	}
+	return ""
 }

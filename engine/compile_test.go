@@ -147,9 +147,9 @@ rules:
 	assert.Nil(t, snap)
 	assert.Equal(t, []string{
 		`a.yaml:5:19: when: undeclared reference to 'request.outptus' (did you mean 'request.outputs'?)`,
-		`a.yaml:13:24: when: found no matching overload for '_+_' applied to '(int, string)'`,
+		`a.yaml:13:24: when: cannot add int and string with + (convert the other side with string(…))`,
 		`a.yaml:15:35: set_previous_response_id.value must be string, but the expression is int`,
-		`b.yaml:4:12: unknown stage "pre_snd" (entry stages: pre_send, on_upstream_error, post_response; other stages must be entered with run_stage)`,
+		`b.yaml:4:12: unknown stage "pre_snd": did you mean pre_send? (entry stages: pre_send, on_upstream_error, post_response; other stages must be entered with run_stage)`,
 	}, lines(diags))
 
 	t.Run("a duplicate rule is still type-checked", func(t *testing.T) {
@@ -160,7 +160,7 @@ rules:
 		assert.Equal(t, []string{
 			`a.yaml:3:5: duplicate rule id "one" (first defined at b.yaml:3:5)`,
 			`a.yaml:5:19: when: undeclared reference to 'request.outptus' (did you mean 'request.outputs'?)`,
-			`a.yaml:13:24: when: found no matching overload for '_+_' applied to '(int, string)'`,
+			`a.yaml:13:24: when: cannot add int and string with + (convert the other side with string(…))`,
 			`a.yaml:15:35: set_previous_response_id.value must be string, but the expression is int`,
 		}, got)
 	})
@@ -200,7 +200,7 @@ func TestCompileRefuses(t *testing.T) {
     stage: pre_send
     when: error.message.contains("x")
 `,
-			want: `test.yaml:7:11: when: undeclared reference to 'error' (error.* exists only in stage on_upstream_error)`,
+			want: `test.yaml:7:11: when: undeclared reference to 'error' (error.* exists only in stage on_upstream_error; this rule runs in pre_send)`,
 		},
 		{
 			name: "retry in a sub-stage entered only from pre_send",

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -47,6 +48,26 @@ func (d Diagnostic) String() string {
 		return d.Pos.String() + ": lint: " + d.Msg
 	}
 	return d.Pos.String() + ": " + d.Msg
+}
+
+// String names the severity as reports write it: "error" or "lint".
+func (s Severity) String() string {
+	if s == SevLint {
+		return "lint"
+	}
+	return "error"
+}
+
+// MarshalJSON writes the diagnostic as {file, line, col, severity, message}, the shape of
+// `policyctl validate -o json`.
+func (d Diagnostic) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		File     string `json:"file"`
+		Line     int    `json:"line"`
+		Col      int    `json:"col"`
+		Severity string `json:"severity"`
+		Message  string `json:"message"`
+	}{d.Pos.File, d.Pos.Line, d.Pos.Col, d.Severity.String(), d.Msg})
 }
 
 // Diagnostics is a sorted list of findings. As an error it reports every finding, one per line.
@@ -102,4 +123,50 @@ func (s *diagSink) errorf(p Pos, format string, args ...any) {
 
 func (s *diagSink) lintf(p Pos, format string, args ...any) {
 	s.list = append(s.list, Diagnostic{Pos: p, Severity: SevLint, Msg: fmt.Sprintf(format, args...)})
+}
+
+// Suggest returns the candidate closest to got, for a did-you-mean hint: the one with the
+// fewest edits (insertions, deletions, substitutions, swaps of neighbours), when that is
+// at most a third of got's length (and at least one edit is allowed). It returns "" when
+// nothing is close, so a hint never guesses wildly.
+func Suggest(got string, candidates []string) string {
+	best, bestD := "", -1
+	limit := max(1, len([]rune(got))/3)
+	for _, c := range candidates {
+		if c == got {
+			continue
+		}
+		d := editDistance(got, c)
+		if d <= limit && (bestD < 0 || d < bestD || d == bestD && c < best) {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+// editDistance is the optimal string alignment distance: Levenshtein plus the swap of two
+// neighbouring characters as one edit (pre_sned → pre_send), the typo people make most.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	prev2 := make([]int, len(rb)+1)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				cur[j] = min(cur[j], prev2[j-2]+1)
+			}
+		}
+		prev2, prev, cur = prev, cur, prev2
+	}
+	return prev[len(rb)]
 }

@@ -51,5 +51,8 @@
 // env.go builds the CEL environments, helpers.go the domain functions. actions.go declares
 // the actions, compile.go, stages.go and lint.go compile and check a set into a Snapshot
 // (snapshot.go). eval.go runs a stage, apply.go applies actions, outcome.go and effects.go
-// describe the result. diag.go holds diagnostics, metrics.go the Prometheus observer.
+// describe the result; explain.go breaks a when down into the values of its parts for
+// policyctl explain (WithExplain only). diag.go holds diagnostics and hints.go the hints
+// that make the checker's messages actionable; registry.go describes the actions for
+// documentation; metrics.go is the Prometheus observer.
 package engine

@@ -18,6 +18,8 @@ type EvalOption func(*evalConfig)
 
 type evalConfig struct {
 	trace, diffs bool
+	// explain records the values of each when's sub-expressions (WithExplain).
+	explain bool
 	// enforced lists shadow rules that act as if they were not shadow.
 	enforced []string
 }
@@ -104,6 +106,9 @@ func (ev *evaluator) runStage(stage string, depth int) {
 		if step != nil {
 			step.Evaluated = true
 			step.Value = val
+			if ev.cfg.explain {
+				step.Parts = ev.explainParts(r.when)
+			}
 		}
 		if err != nil {
 			ev.ruleError(r, step, err)

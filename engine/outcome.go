@@ -46,6 +46,8 @@ type Step struct {
 	Shadow    bool         `json:"shadow,omitempty"`
 	Skipped   string       `json:"skipped,omitempty"`
 	Actions   []ActionStep `json:"actions,omitempty"`
+	// Parts are the values of the when's sub-expressions (WithExplain only).
+	Parts []Part `json:"parts,omitempty"`
 	// Before and After are the request bytes around the rule's actions (WithDiffs only).
 	Before []byte `json:"-"`
 	After  []byte `json:"-"`

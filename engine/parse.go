@@ -48,7 +48,12 @@ func parsePolicy(src Source, sink *diagSink) *Policy {
 	root := doc.Content[0]
 	pos := func(n *yaml.Node) Pos { return Pos{File: file, Line: n.Line, Col: n.Column} }
 	if root.Kind != yaml.MappingNode {
-		sink.errorf(pos(root), "a policy file must be a mapping with policy and rules")
+		hint := ""
+		if root.Kind == yaml.SequenceNode {
+			// A list of rules pasted on its own: the most common first file.
+			hint = ", not a list: put the rules under `rules:` and add `apiVersion: chainmend/v1` and `policy: NAME` above them"
+		}
+		sink.errorf(pos(root), "a policy file must be a mapping with policy and rules%s", hint)
 		return nil
 	}
 	p := &Policy{File: file, Pos: pos(root)}

@@ -35,13 +35,17 @@ func checkCycles(s *Snapshot, sink *diagSink) {
 		done
 	)
 	state := map[string]int{}
+	// path is the chain of stages being visited, to show the loop in the message.
+	var path []string
 	var visit func(string) bool
 	visit = func(n string) bool {
 		state[n] = visiting
+		path = append(path, n)
 		for _, e := range edges[n] {
 			switch state[e.to] {
 			case visiting:
-				sink.errorf(e.pos, "run_stage %q forms a cycle", e.to)
+				loop := append(slices.Clone(path[slices.Index(path, e.to):]), e.to)
+				sink.errorf(e.pos, "run_stage %q forms a cycle: %s", e.to, strings.Join(loop, " -> "))
 				return true
 			case unvisited:
 				if visit(e.to) {
@@ -49,6 +53,7 @@ func checkCycles(s *Snapshot, sink *diagSink) {
 				}
 			}
 		}
+		path = path[:len(path)-1]
 		state[n] = done
 		return false
 	}

@@ -1,9 +1,7 @@
 package engine
 
 import (
-	"fmt"
 	"slices"
-	"strings"
 
 	"cel.dev/cel-go/cel"
 )
@@ -42,8 +40,8 @@ var (
 	onlyResponse = []string{StagePostResponse}
 )
 
-// Variables of the turn context, as CEL sees them. Keep DOC.md-style text in doc: policyctl
-// prints it.
+// Variables of the turn context, as CEL sees them. Keep doc a short sentence: policyctl vars
+// prints it, and the variable table of docs/policies.md is generated from it.
 var variables = []variable{
 	{name: "request.type", typ: cel.StringType, size: hintIDChars, doc: "the frame type (response.create)"},
 	{name: "request.model", typ: cel.StringType, size: hintIDChars, doc: "the model"},
@@ -147,22 +145,3 @@ var variableIndex = func() map[string]int {
 	}
 	return m
 }()
-
-// stageHint explains an undeclared reference to a namespace that exists in other stages:
-// " (error.* exists only in stage on_upstream_error)". It returns "" for other messages.
-func stageHint(msg string) string {
-	const prefix = "undeclared reference to '"
-	i := strings.Index(msg, prefix)
-	if i < 0 {
-		return ""
-	}
-	name, _, _ := strings.Cut(msg[i+len(prefix):], "'")
-	for i := range variables {
-		v := &variables[i]
-		if v.stages != nil && (v.name == name || strings.HasPrefix(v.name, name+".")) {
-			ns, _, _ := strings.Cut(v.name, ".")
-			return fmt.Sprintf(" (%s.* exists only in stage %s)", ns, strings.Join(v.stages, ", "))
-		}
-	}
-	return ""
-}

@@ -30,6 +30,9 @@ type step struct {
 	title string
 	// input builds the frame from the previous response id and its calls.
 	input func(prev string, calls []string) string
+	// needs is how many tool calls of an earlier turn input answers: a policy set that
+	// rejected that turn leaves none, and the step is then skipped, not sent.
+	needs int
 	// before runs before the turn (a fault to inject).
 	before func(e *emulator.Emulator)
 }
@@ -55,6 +58,7 @@ var steps = []step{
 	{title: "user asks; the model calls two tools",
 		input: func(string, []string) string { return create("", userMsg("List the repo and show the README.")) }},
 	{title: "the client answers both calls, chained; the upstream then drops the connection",
+		needs: 2,
 		input: func(prev string, calls []string) string {
 			return create(prev, output(calls[0], "README.md go.mod"), output(calls[1], "# chainmend"))
 		},
@@ -63,8 +67,13 @@ var steps = []step{
 		input: func(prev string, _ []string) string { return create(prev, userMsg("Now run the tests.")) },
 		before: func(e *emulator.Emulator) {
 			e.UpdateFaults(func(f *emulator.Faults) { f.CloseAfterCompleted = false })
+			// A user types for longer than a close frame takes on loopback. Sent at once, the
+			// turn may meet the closing connection, which the recovery stage retries
+			// (transport_retry) instead of the replay this turn is here to show.
+			time.Sleep(50 * time.Millisecond)
 		}},
 	{title: "ESC: the user interrupts; the client sends one output, no previous_response_id",
+		needs: 1,
 		input: func(_ string, calls []string) string {
 			return create("", output(calls[0], "ok  chainmend/engine"), userMsg("Stop. Summarise instead."))
 		}},
@@ -84,12 +93,12 @@ func Run(ctx context.Context, w io.Writer, policies string) error {
 	if err := direct.Start(); err != nil {
 		return err
 	}
-	failures, err := converse(ctx, w, direct.WebSocketURL(), direct)
+	tally, err := converse(ctx, w, direct.WebSocketURL(), direct, nil)
 	direct.Close()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "   -> %d of %d turns failed upstream\n\n", failures, len(steps))
+	fmt.Fprintf(w, "   -> %d of %d turns failed upstream%s\n\n", tally.failed, len(steps), tally.skippedNote())
 
 	script = emulator.Sequence(
 		emulator.CallTurn(emulator.FunctionCall("exec_command", `{"cmd":"ls"}`), emulator.FunctionCall("exec_command", `{"cmd":"cat README.md"}`)),
@@ -125,16 +134,14 @@ func Run(ctx context.Context, w io.Writer, policies string) error {
 
 	fmt.Fprintf(w, "== 2. The same conversation through chainmend (gateway %s, policy set %s)\n", ln.Addr(), srv.Snapshot().Hash)
 	before := firedCounts(reg)
-	failures, err = converse(ctx, w, "ws://"+ln.Addr().String()+"/v1/responses", emu)
+	tally, err = converse(ctx, w, "ws://"+ln.Addr().String()+"/v1/responses", emu, logs)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "   -> %d of %d turns failed\n\n", failures, len(steps))
+	fmt.Fprintf(w, "   -> %d of %d turns failed%s%s\n\n", tally.failed, len(steps), tally.rejectedNote(), tally.skippedNote())
 	// The gateway logs a turn after its last event reached the client: give the last line
 	// a moment.
-	for i := 0; i < 50 && strings.Count(logs.String(), "msg=turn ") < len(steps); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitTurnLines(logs, tally.sent)
 	fmt.Fprintln(w, "== What the policies did, turn by turn (gateway log)")
 	sc := bufio.NewScanner(strings.NewReader(logs.String()))
 	for sc.Scan() {
@@ -226,8 +233,64 @@ func firedCounts(reg *prometheus.Registry) map[string]float64 {
 	return out
 }
 
-// converse runs the script against url and returns how many turns ended in an error.
-func converse(ctx context.Context, w io.Writer, url string, emu *emulator.Emulator) (int, error) {
+// tally counts how the turns of a conversation ended.
+type tally struct {
+	// sent turns reached the other end; failed ended in an error, rejected of them by
+	// the gateway's policies; skipped were not sent (their calls never came).
+	sent, failed, rejected, skipped int
+}
+
+func (t tally) skippedNote() string {
+	if t.skipped == 0 {
+		return ""
+	}
+	return fmt.Sprintf(", %d skipped", t.skipped)
+}
+
+func (t tally) rejectedNote() string {
+	if t.rejected == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d rejected by the policies)", t.rejected)
+}
+
+// waitTurnLines waits, briefly, until the gateway logged n turns: it logs a turn after its
+// last frame reached the client.
+func waitTurnLines(logs *lockedBuffer, n int) {
+	for i := 0; i < 100 && strings.Count(logs.String(), "msg=turn ") < n; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// turnLine returns the gateway's log line of the n-th turn (from 1), or "".
+func turnLine(logs *lockedBuffer, n int) string {
+	waitTurnLines(logs, n)
+	var lines []string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "msg=turn ") {
+			lines = append(lines, l)
+		}
+	}
+	if n > len(lines) {
+		return ""
+	}
+	return lines[n-1]
+}
+
+// logField returns the value of key=value in a text log line.
+func logField(line, key string) string {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return strings.Trim(v, `"`)
+		}
+	}
+	return ""
+}
+
+// converse runs the script against url and counts how its turns ended. With the gateway's
+// logs, an error the policies chose is shown as a rejection with its reasons.
+func converse(ctx context.Context, w io.Writer, url string, emu *emulator.Emulator, logs *lockedBuffer) (tally, error) {
+	var tl tally
 	var conn *websocket.Conn
 	dial := func() error {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -242,29 +305,44 @@ func converse(ctx context.Context, w io.Writer, url string, emu *emulator.Emulat
 		return nil
 	}
 	if err := dial(); err != nil {
-		return 0, err
+		return tl, err
 	}
 	defer func() { _ = conn.CloseNow() }()
-	prev, calls, failures := "", []string{}, 0
+	prev, calls := "", []string{}
 	for i, st := range steps {
+		fmt.Fprintf(w, "   turn %d: %s\n", i+1, st.title)
+		if len(calls) < st.needs {
+			// An earlier turn was rejected or failed before the model called its tools:
+			// there is nothing to answer, as a real client would find.
+			fmt.Fprintf(w, "           skipped: it answers %d tool call(s) of an earlier turn, and none came\n", st.needs)
+			tl.skipped++
+			continue
+		}
 		if st.before != nil {
 			st.before(emu)
 		}
 		frame := st.input(prev, calls)
-		fmt.Fprintf(w, "   turn %d: %s\n", i+1, st.title)
 		res, err := exchange(ctx, conn, frame)
+		tl.sent++
 		if err != nil {
 			// The socket died (the upstream dropped it, without a gateway in between):
 			// a client reconnects and carries on.
 			fmt.Fprintf(w, "           connection lost: %v; reconnecting\n", err)
 			if err := dial(); err != nil {
-				return failures, err
+				return tl, err
 			}
-			failures++
+			tl.failed++
 			continue
 		}
 		if res.errCode != "" {
-			failures++
+			tl.failed++
+			if logs != nil {
+				if line := turnLine(logs, tl.sent); logField(line, "outcome") == "rejected" {
+					tl.rejected++
+					fmt.Fprintf(w, "           REJECTED by the policies (reasons %s): %d %s: %s\n", logField(line, "reasons"), res.status, res.errCode, res.errMsg)
+					continue
+				}
+			}
 			fmt.Fprintf(w, "           ERROR %d %s: %s\n", res.status, res.errCode, res.errMsg)
 			continue
 		}
@@ -274,7 +352,7 @@ func converse(ctx context.Context, w io.Writer, url string, emu *emulator.Emulat
 			calls = res.calls
 		}
 	}
-	return failures, nil
+	return tl, nil
 }
 
 type result struct {

@@ -3,6 +3,7 @@ package policyctl
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -12,41 +13,81 @@ import (
 	"chainmend/internal/policytest"
 )
 
-func explain(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("explain", stderr)
-	policies := fs.String("policies", defaultDir, "policy directory or file")
-	reqPath := fs.String("request", "", "the response.create frame (JSON)")
-	statePath := fs.String("state", "", "the turn state (YAML: mode, transport, stage, turn, lane, anchor, pending, cached, replay, previous, error, recovery, response)")
-	stage := fs.String("stage", "", "the stage to evaluate (default: the state's, else pre_send)")
-	showRequest := fs.Bool("show-request", false, "print the resulting request")
-	enforce := fs.String("enforce", "", "comma-separated shadow rules to evaluate as enforced (a fixture's enforce:)")
-	if err := fs.Parse(args); err != nil {
+var explainCmd = command{
+	name:     "explain",
+	synopsis: "policyctl explain --request FILE [--state FILE] [--policies DIR] [--stage S] [--enforce RULE,…] [--show-request]",
+	about: `Evaluates one stage of one turn and lists every rule of the stage (and of the sub-stages it
+can enter) with its state:
+
+  fired                 the when was true and the actions ran
+  false                 the when was false
+  shadow: would fire    a shadow rule whose when was true; what it would have changed
+                        follows (the same rule evaluated with --enforce)
+  skipped               its group was already matched by an earlier rule
+  not evaluated         an earlier rule ended the stage (then: stop, reject, retry,
+                        forward), or its sub-stage was never entered
+  error                 the when failed at run time
+
+For every evaluated when, the values of its parts follow: the operands of its && / ||
+chain and the values they compare, as CEL evaluated them. A fired rule shows each action
+and the diff it made to the request. The verdict, the rejection and the state effects
+(anchor, pending, transcript, what the upstream connection holds) end the report.
+
+The request file is the response.create frame (JSON). The state file (YAML) holds what a
+fixture's state holds, plus mode, transport, stage and, for post_response, response:
+turn, lane, anchor, pending, cached, replay, previous, error, recovery.`,
+	examples: `  policyctl explain --request testdata/explain/esc-request.json --state testdata/explain/esc-state.yaml
+  policyctl explain --policies my-policies --request request.json
+  policyctl explain --stage post_response --request req.json --state state.yaml
+  policyctl explain --enforce interrupt-discards-calls --request req.json --state state.yaml`,
+	setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
+		var o explainOptions
+		fs.StringVar(&o.policies, "policies", defaultDir, "policy directory or file (comma-separated for several)")
+		fs.StringVar(&o.request, "request", "", "the response.create frame (JSON); required")
+		fs.StringVar(&o.state, "state", "", "the turn state (YAML: mode, transport, stage, turn, lane, anchor, pending, cached, replay, previous, error, recovery, response)")
+		fs.StringVar(&o.stage, "stage", "", "the stage to evaluate: an entry stage or a sub-stage of the set (default: the state's, else pre_send)")
+		fs.BoolVar(&o.showRequest, "show-request", false, "print the resulting request")
+		fs.StringVar(&o.enforce, "enforce", "", "comma-separated shadow rules to evaluate as enforced (a fixture's enforce:)")
+		return func(args []string, stdout, stderr io.Writer) int {
+			if len(args) > 0 {
+				fmt.Fprintf(stderr, "policyctl explain: unexpected argument %q (the request is given with --request)\n", args[0])
+				return exitUsage
+			}
+			return explain(&o, stdout, stderr)
+		}
+	},
+}
+
+type explainOptions struct {
+	policies, request, state, stage, enforce string
+	showRequest                              bool
+}
+
+func explain(o *explainOptions, stdout, stderr io.Writer) int {
+	if o.request == "" {
+		fmt.Fprintln(stderr, "policyctl explain: --request is required\nRun 'policyctl explain --help' for usage.")
 		return exitUsage
 	}
-	if *reqPath == "" {
-		fmt.Fprintln(stderr, "policyctl explain: --request is required")
-		return exitUsage
-	}
-	snap, _, code := load(strings.Split(*policies, ","), stderr)
+	snap, _, code := load(strings.Split(o.policies, ","), stderr, false)
 	if snap == nil {
 		return code
 	}
 	var enforced []string
-	if *enforce != "" {
-		enforced = strings.Split(*enforce, ",")
+	if o.enforce != "" {
+		enforced = strings.Split(o.enforce, ",")
 		if err := checkEnforced(snap, enforced); err != nil {
 			fmt.Fprintf(stderr, "policyctl explain: --enforce: %v\n", err)
 			return exitUsage
 		}
 	}
-	reqData, err := readFile(*reqPath)
+	reqData, err := readFile(o.request)
 	if err != nil {
 		fmt.Fprintf(stderr, "policyctl: %v\n", err)
 		return ExitError
 	}
 	var stateData []byte
-	if *statePath != "" {
-		if stateData, err = readFile(*statePath); err != nil {
+	if o.state != "" {
+		if stateData, err = readFile(o.state); err != nil {
 			fmt.Fprintf(stderr, "policyctl: %v\n", err)
 			return ExitError
 		}
@@ -56,50 +97,24 @@ func explain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "policyctl: %v\n", err)
 		return ExitError
 	}
-	if *stage != "" {
-		st = *stage
+	if o.stage != "" {
+		st = o.stage
 	}
-	out := snap.Evaluate(st, turn, engine.WithDiffs(), engine.WithEnforced(enforced...))
+	if err := checkStage(snap, st); err != nil {
+		fmt.Fprintf(stderr, "policyctl explain: %v\n", err)
+		return exitUsage
+	}
+	out := snap.Evaluate(st, turn, engine.WithExplain(), engine.WithEnforced(enforced...))
+	x := explanation{snap: snap, stage: st, out: out, enforced: enforced, rules: rulesByID(snap),
+		rerun: func(ids []string) (*engine.Outcome, error) {
+			t, _, err := policytest.BuildExplainTurn(reqData, stateData)
+			if err != nil {
+				return nil, err
+			}
+			return snap.Evaluate(st, t, engine.WithDiffs(), engine.WithEnforced(ids...)), nil
+		}}
 	fmt.Fprintf(stdout, "policy set %s, stage %s, mode %s, transport %s\n\n", snap.Hash, st, turn.Mode, turn.Transport)
-	for i, s := range out.Trace {
-		value := "not evaluated"
-		switch {
-		case s.Skipped != "":
-			value = "not evaluated (" + s.Skipped + ")"
-		case s.Err != "":
-			value = "error: " + s.Err
-		case s.Evaluated:
-			value = fmt.Sprint(s.Value)
-		}
-		mark := "  "
-		if s.Fired {
-			mark = "✔ "
-		}
-		fmt.Fprintf(stdout, "%s%2d %-34s %-16s when = %s\n", mark, i+1, s.Rule, "["+s.Stage+"]", value)
-		if !s.Fired {
-			continue
-		}
-		fmt.Fprintf(stdout, "       reason %s", s.Reason)
-		switch {
-		case s.Shadow:
-			fmt.Fprint(stdout, " (shadow: counted, nothing changed)")
-		case slices.Contains(enforced, s.Rule):
-			fmt.Fprint(stdout, " (shadow, enforced by --enforce)")
-		}
-		fmt.Fprintf(stdout, "  at %s\n", s.Pos)
-		for _, a := range s.Actions {
-			state := "applied"
-			if !a.Applied {
-				state = "skipped"
-			}
-			fmt.Fprintf(stdout, "       %s %s: %s\n", a.Kind, state, a.Note)
-		}
-		if s.Before != nil && !bytes.Equal(s.Before, s.After) {
-			for _, l := range diffJSON(s.Before, s.After) {
-				fmt.Fprintf(stdout, "       %s\n", l)
-			}
-		}
-	}
+	x.print(stdout)
 	fmt.Fprintf(stdout, "\nverdict: %s\n", out.Verdict)
 	if out.Reject != nil {
 		fmt.Fprintf(stdout, "rejection: status %d, code %s: %s\n", out.Reject.Status, out.Reject.Code, out.Reject.Message)
@@ -108,19 +123,245 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	if turn.Error != nil && turn.Error.Class != "" {
 		fmt.Fprintf(stdout, "error class: %s\n", turn.Error.Class)
 	}
-	var reasons []string
-	for _, f := range out.Fired {
-		reasons = append(reasons, f.Reason)
-	}
-	fmt.Fprintf(stdout, "reasons: %s\n", strings.Join(reasons, ", "))
+	fmt.Fprintf(stdout, "reasons: %s\n", strings.Join(out.Reasons(), ", "))
 	fmt.Fprintf(stdout, "cost: %d\n", out.Cost)
 	if out.Err != nil {
 		fmt.Fprintf(stdout, "evaluation stopped: %v\n", out.Err)
 	}
-	if *showRequest {
+	if o.showRequest {
 		fmt.Fprintf(stdout, "\nrequest:\n%s\n", pretty(turn.Request.Bytes()))
 	}
 	return ExitOK
+}
+
+// checkStage accepts the entry stages and the sub-stages the set has rules for; anything
+// else would evaluate no rule and print a verdict that means nothing.
+func checkStage(snap *engine.Snapshot, stage string) error {
+	known := []string{engine.StagePreSend, engine.StageOnUpstreamError, engine.StagePostResponse}
+	for _, r := range snap.Rules() {
+		if !slices.Contains(known, r.Stage) {
+			known = append(known, r.Stage)
+		}
+	}
+	if slices.Contains(known, stage) {
+		return nil
+	}
+	return fmt.Errorf("unknown stage %q%s (stages of this set: %s)", stage, didYouMean(stage, known), strings.Join(known, ", "))
+}
+
+func rulesByID(snap *engine.Snapshot) map[string]*engine.Rule {
+	out := map[string]*engine.Rule{}
+	for _, p := range snap.Policies {
+		for _, r := range p.Rules {
+			out[r.ID] = r
+		}
+	}
+	return out
+}
+
+// explanation prints one evaluation rule by rule.
+type explanation struct {
+	snap     *engine.Snapshot
+	stage    string
+	out      *engine.Outcome
+	enforced []string
+	rules    map[string]*engine.Rule
+	// rerun evaluates the same turn afresh with other rules enforced, to show what a shadow
+	// rule would have done.
+	rerun func(enforced []string) (*engine.Outcome, error)
+	n     int
+}
+
+func (x *explanation) print(w io.Writer) {
+	seen := map[string]int{}
+	for _, s := range x.out.Trace {
+		seen[s.Rule]++
+		x.step(w, s, seen[s.Rule])
+	}
+	// Rules the evaluation never reached: after a stop, or in a sub-stage never entered.
+	stopper := x.stopper()
+	entered := map[string]bool{}
+	for _, s := range x.out.Trace {
+		entered[s.Stage] = true
+	}
+	for _, st := range x.reachable() {
+		for _, r := range x.snap.Rules() {
+			if r.Stage != st || seen[r.ID] > 0 {
+				continue
+			}
+			why := "stage " + st + " not entered: no rule ran run_stage " + st
+			switch {
+			case stopper != "":
+				why = "after the stop at rule " + stopper
+			case entered[st]:
+				why = "not reached"
+			}
+			x.n++
+			fmt.Fprintf(w, "  %3d %-36s %-18s %-20s when = not evaluated (%s)\n", x.n, r.ID, "["+r.Stage+"]", "not evaluated", why)
+		}
+	}
+}
+
+func (x *explanation) step(w io.Writer, s engine.Step, occurrence int) {
+	x.n++
+	enforced := slices.Contains(x.enforced, s.Rule)
+	state, value := "false", "not evaluated"
+	switch {
+	case s.Skipped != "":
+		state, value = "skipped", "not evaluated ("+s.Skipped+")"
+	case s.Err != "":
+		state, value = "error", "error: "+s.Err
+	case s.Evaluated:
+		value = fmt.Sprint(s.Value)
+		switch {
+		case s.Fired && s.Shadow:
+			state = "shadow: would fire"
+		case s.Fired && enforced:
+			state = "fired (enforced)"
+		case s.Fired:
+			state = "fired"
+		}
+	}
+	mark := "  "
+	if s.Fired && !s.Shadow {
+		mark = "✔ "
+	}
+	fmt.Fprintf(w, "%s%3d %-36s %-18s %-20s when = %s\n", mark, x.n, s.Rule, "["+s.Stage+"]", state, value)
+	if s.Evaluated && s.Err == "" {
+		printParts(w, s.Parts)
+	}
+	if !s.Fired {
+		return
+	}
+	fmt.Fprintf(w, "       reason %s", s.Reason)
+	switch {
+	case s.Shadow:
+		fmt.Fprint(w, " (shadow: counted, nothing changed)")
+	case enforced:
+		fmt.Fprint(w, " (shadow, enforced by --enforce)")
+	}
+	fmt.Fprintf(w, "  at %s\n", s.Pos)
+	if s.Shadow {
+		x.wouldChange(w, s.Rule, occurrence)
+		return
+	}
+	printActions(w, s, "       ")
+}
+
+// printParts prints the sub-expression values of a when, unless the when is one literal.
+func printParts(w io.Writer, parts []engine.Part) {
+	if len(parts) == 0 {
+		return
+	}
+	width := 0
+	texts := make([]string, len(parts))
+	for i, p := range parts {
+		texts[i] = strings.Repeat("  ", p.Depth) + oneLineExpr(p.Expr)
+		width = max(width, min(len([]rune(texts[i])), 64))
+	}
+	for i, p := range parts {
+		fmt.Fprintf(w, "         %-*s = %s\n", width, texts[i], p.Value)
+	}
+}
+
+// oneLineExpr folds an unparsed expression onto one line and shortens a long one.
+func oneLineExpr(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > 96 {
+		return string(r[:95]) + "…"
+	}
+	return s
+}
+
+func printActions(w io.Writer, s engine.Step, indent string) {
+	for _, a := range s.Actions {
+		state := "applied"
+		if !a.Applied {
+			state = "skipped"
+		}
+		fmt.Fprintf(w, "%s%s %s: %s\n", indent, a.Kind, state, a.Note)
+	}
+	if s.Before != nil && !bytes.Equal(s.Before, s.After) {
+		for _, l := range diffJSON(s.Before, s.After) {
+			fmt.Fprintf(w, "%s%s\n", indent, l)
+		}
+	}
+}
+
+// wouldChange evaluates the turn again with the shadow rule enforced and prints what the
+// rule did there: its actions, its diff and, when it changes it, the verdict.
+func (x *explanation) wouldChange(w io.Writer, id string, occurrence int) {
+	out, err := x.rerun(append(slices.Clone(x.enforced), id))
+	if err != nil {
+		fmt.Fprintf(w, "       (cannot show what it would change: %v)\n", err)
+		return
+	}
+	n := 0
+	for _, s := range out.Trace {
+		if s.Rule != id {
+			continue
+		}
+		if n++; n != occurrence {
+			continue
+		}
+		if !s.Fired {
+			fmt.Fprintln(w, "       enforced, it would not fire: earlier enforced rules change what it sees")
+			return
+		}
+		fmt.Fprintf(w, "       enforced (--enforce %s), it would:\n", id)
+		if len(s.Actions) == 0 {
+			fmt.Fprintln(w, "         change nothing: it has no actions")
+		}
+		printActions(w, s, "         ")
+		if out.Verdict != x.out.Verdict {
+			fmt.Fprintf(w, "         make the verdict %s (now %s)\n", out.Verdict, x.out.Verdict)
+		}
+		return
+	}
+	fmt.Fprintln(w, "       enforced, it would not be reached: an earlier rule would end the stage")
+}
+
+// stopper names the rule whose stop or terminal action ended the evaluation, or "".
+func (x *explanation) stopper() string {
+	for i := len(x.out.Trace) - 1; i >= 0; i-- {
+		s := x.out.Trace[i]
+		if !s.Fired || s.Shadow {
+			continue
+		}
+		for _, a := range s.Actions {
+			switch a.Kind {
+			case engine.ActReject, engine.ActRetry, engine.ActForward:
+				if a.Applied {
+					return s.Rule
+				}
+			}
+		}
+		if r := x.rules[s.Rule]; r != nil && r.Then == engine.ThenStop && s.Stage == x.stage {
+			return s.Rule
+		}
+	}
+	return ""
+}
+
+// reachable lists the explained stage and the sub-stages its rules can enter with
+// run_stage, in the order they are first entered in the files.
+func (x *explanation) reachable() []string {
+	out := []string{x.stage}
+	for i := 0; i < len(out); i++ {
+		for _, p := range x.snap.Policies {
+			for _, r := range p.Rules {
+				if r.Stage != out[i] {
+					continue
+				}
+				for _, a := range r.Actions {
+					if a.Kind == engine.ActRunStage && !slices.Contains(out, a.Word) {
+						out = append(out, a.Word)
+					}
+				}
+			}
+		}
+	}
+	return out
 }
 
 // checkEnforced refuses ids that are no shadow rule of the set: enforcing them would
@@ -130,7 +371,11 @@ func checkEnforced(snap *engine.Snapshot, ids []string) error {
 		i := slices.IndexFunc(snap.Rules(), func(r engine.RuleInfo) bool { return r.ID == id })
 		switch {
 		case i < 0:
-			return fmt.Errorf("unknown rule %q", id)
+			var all []string
+			for _, r := range snap.Rules() {
+				all = append(all, r.ID)
+			}
+			return fmt.Errorf("unknown rule %q%s", id, didYouMean(id, all))
 		case !snap.Rules()[i].Shadow:
 			return fmt.Errorf("rule %q is not a shadow rule", id)
 		}

@@ -27,6 +27,9 @@ type File struct {
 	path     string
 }
 
+// Path is the file the fixtures were read from, as it was named to LoadFiles or ParseFile.
+func (f *File) Path() string { return f.path }
+
 // Defaults apply to every case of a file unless the case says otherwise.
 type Defaults struct {
 	Mode      string   `yaml:"mode"`
@@ -52,6 +55,8 @@ type Case struct {
 	Enforce []string `yaml:"enforce"`
 	Expect  Expect   `yaml:"expect"`
 	line    int
+	// node is the case's mapping, to point a failure at the line of its expectation.
+	node *yaml.Node
 }
 
 // ResponseState is the response a post_response case bookkeeps; Output holds its output
@@ -152,6 +157,10 @@ type Expect struct {
 	ClearAnchor *bool     `yaml:"clear_anchor"`
 	Class       string    `yaml:"class"`
 	Effects     *Effects  `yaml:"effects"`
+	// BrokenPairing says the request is meant to leave pre_send with its pairing broken
+	// (SPEC §2: a call without its output, an output without its call), as when the
+	// upstream is left to refuse it; without it such a request fails the case.
+	BrokenPairing bool `yaml:"broken_pairing"`
 }
 
 // Effects are the expected state changes of a stage. Only the fields given are checked; an
@@ -239,6 +248,7 @@ func ParseFile(path string, data []byte) (*File, error) {
 				for j, c := range root.Content[i+1].Content {
 					if j < len(f.Cases) {
 						f.Cases[j].line = c.Line
+						f.Cases[j].node = c
 					}
 				}
 			}

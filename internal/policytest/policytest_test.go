@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"chainmend/engine"
+	"chainmend/responses"
 )
 
 func strp(s string) *string { return &s }
@@ -170,11 +171,137 @@ func TestEffectsDiff(t *testing.T) {
 			_, c := parseCase(t, "  - name: c\n    request: {type: response.create}\n    expect: {effects: "+tc.effects+"}\n")
 			diffs, err := effectsDiff(c.Expect.Effects, got)
 			require.NoError(t, err)
-			assert.Equal(t, tc.want, diffs)
+			assert.Equal(t, tc.want, messages(diffs))
 		})
 	}
 	_, c := parseCase(t, "  - name: c\n    request: {type: response.create}\n    expect: {effects: {anchor: x, upstream_cached: y, pending: {response_id: r}}}\n")
 	diffs, err := effectsDiff(c.Expect.Effects, &engine.Effects{})
 	require.NoError(t, err)
-	assert.Equal(t, `effects.anchor: want "x", got unchanged|effects.pending: want r [], got none|effects.upstream_cached: want "y", got unchanged`, strings.Join(diffs, "|"))
+	assert.Equal(t, `effects.anchor: want "x", got unchanged|effects.pending: want r [], got none|effects.upstream_cached: want "y", got unchanged`, strings.Join(messages(diffs), "|"))
+}
+
+func messages(ds []diff) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.msg)
+	}
+	return out
+}
+
+// TestPairingViolations: the pairing rule of SPEC §2 on a request as sent, with and without
+// a chain whose pending calls are known.
+func TestPairingViolations(t *testing.T) {
+	const (
+		call   = `{"type":"function_call","call_id":"call_A","name":"f","arguments":"{}"}`
+		out    = `{"type":"function_call_output","call_id":"call_A","output":"ok"}`
+		outB   = `{"type":"function_call_output","call_id":"call_B","output":"ok"}`
+		custom = `{"type":"custom_tool_call","call_id":"call_C","name":"p","input":"x"}`
+	)
+	pending := engine.Pending{Known: true, ResponseID: "resp_1", Calls: []engine.PendingCall{{ID: "call_B", Kind: "function_call"}}}
+	tests := []struct {
+		name    string
+		prev    string
+		items   []string
+		pending engine.Pending
+		want    []string
+	}{
+		{"paired full create", "", []string{call, out}, engine.Pending{}, nil},
+		{"call without output", "", []string{call}, engine.Pending{}, []string{"unanswered_call call_A"}},
+		{"custom call without output", "", []string{custom}, engine.Pending{}, []string{"unanswered_call call_C"}},
+		{"output without call", "", []string{outB}, engine.Pending{}, []string{"orphan_output call_B"}},
+		{"output twice", "", []string{call, out, out}, engine.Pending{}, []string{"duplicate_output call_A"}},
+		{"chained output answers a pending call", "resp_1", []string{outB}, pending, nil},
+		{"chained without the pending call's output", "resp_1", []string{call, out}, pending, []string{"unanswered_pending call_B"}},
+		{"chained output answers neither", "resp_1", []string{out, outB}, pending, []string{"orphan_output call_A"}},
+		{"chained to a response whose calls are unknown", "resp_9", []string{outB}, pending, nil},
+		{"chained, pending unknown", "resp_1", []string{outB}, engine.Pending{ResponseID: "resp_1"}, nil},
+		{"chained, unknown pending, a call of the input still needs its output", "resp_9", []string{call}, pending, []string{"unanswered_call call_A"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			prev := ""
+			if tc.prev != "" {
+				prev = `"previous_response_id":"` + tc.prev + `",`
+			}
+			req, err := responses.Parse([]byte(`{"type":"response.create",` + prev + `"input":[` + strings.Join(tc.items, ",") + `]}`))
+			require.NoError(t, err)
+			var got []string
+			for _, v := range PairingViolations(req, tc.pending) {
+				got = append(got, v.Kind+" "+v.CallID)
+			}
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+// TestPairingLint: the reload gate's view of the guard: broken pairing is a lint finding at
+// the case, not a failure, and a case that expects it is no finding.
+func TestPairingLint(t *testing.T) {
+	snap, diags := engine.Compile([]engine.Source{{Name: "p.yaml", Data: []byte(`apiVersion: chainmend/v1
+policy: p
+rules:
+  - {id: drop-outputs, stage: pre_send, when: "size(request.outputs) > 0", actions: [{remove_outputs: request.outputs}]}
+`)}})
+	require.NotNil(t, snap, diags.Error())
+	f, err := ParseFile("f.yaml", []byte(`cases:
+  - name: breaks
+    request: {type: response.create, input: [{type: function_call, call_id: call_A, name: f, arguments: "{}"}, {type: function_call_output, call_id: call_A, output: ok}]}
+    expect: {fired: [drop-outputs]}
+  - name: expected
+    request: {type: response.create, input: [{type: function_call, call_id: call_A, name: f, arguments: "{}"}, {type: function_call_output, call_id: call_A, output: ok}]}
+    expect: {fired: [drop-outputs], broken_pairing: true}
+`))
+	require.NoError(t, err)
+	lint, err := PairingLint(snap, []*File{f})
+	require.NoError(t, err)
+	require.Len(t, lint, 1)
+	assert.Equal(t, "f.yaml:2:5: lint: case f/breaks: pairing broken after pre_send: call call_A has no output (SPEC §2; the upstream refuses it)", lint[0].String())
+
+	rep, err := Run(snap, []*File{f}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1, rep.Failed, "policyctl test fails the case")
+	assert.Empty(t, rep.Lint)
+}
+
+// TestFailureLines: each failure points at the line of its expectation in the fixture.
+func TestFailureLines(t *testing.T) {
+	snap, diags := engine.Compile([]engine.Source{{Name: "p.yaml", Data: []byte("apiVersion: chainmend/v1\npolicy: p\nrules:\n  - {id: a, stage: pre_send, when: 'true'}\n")}})
+	require.NotNil(t, snap, diags.Error())
+	f, err := ParseFile("f.yaml", []byte(`cases:
+  - name: c
+    request:
+      type: response.create
+      model: gpt-5
+      input: [{type: message, role: user, content: hi}]
+    expect:
+      verdict: reject
+      fired: [a]
+      request:
+        model: gpt-4
+        input:
+          - {type: message,
+             role: developer}
+      reject: {code: x}
+`))
+	require.NoError(t, err)
+	rep, err := Run(snap, []*File{f}, nil)
+	require.NoError(t, err)
+	require.Len(t, rep.Results, 1)
+	type at struct {
+		field string
+		line  int
+	}
+	var got []at
+	for _, d := range rep.Results[0].Details {
+		got = append(got, at{d.Field, d.Line})
+		assert.Equal(t, "f.yaml", d.File)
+		assert.Equal(t, "c", d.Case)
+	}
+	assert.Equal(t, []at{{"verdict", 8}, {"reject", 15}, {"request.input[0].role", 14}, {"request.model", 11}}, got)
+}
+
+func TestPathSegments(t *testing.T) {
+	assert.Equal(t, []string{"request", "input", "[1]", "output"}, pathSegments("request.input[1].output"))
+	assert.Equal(t, []string{"request", "a", "[0]", "[2]"}, pathSegments("request.a[0][2]"))
+	assert.Equal(t, []string{"effects", "anchor"}, pathSegments("effects.anchor"))
 }

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,25 +18,81 @@ import (
 
 // Result is the result of one case.
 type Result struct {
-	File     string        `json:"file"`
-	Case     string        `json:"case"`
-	Line     int           `json:"line"`
-	Passed   bool          `json:"passed"`
-	Failures []string      `json:"failures,omitempty"`
-	Fired    []string      `json:"fired"`
+	// File is the fixture file's path; Fixture is its name (the file's name: key, else
+	// the file name without extension).
+	File    string `json:"file"`
+	Fixture string `json:"fixture"`
+	Case    string `json:"case"`
+	// Line is the case's line in File.
+	Line   int  `json:"line"`
+	Passed bool `json:"passed"`
+	// Failures are the failed expectations as a terminal shows them; Details are the same
+	// failures with their fields apart, for machines.
+	Failures []string  `json:"-"`
+	Details  []Failure `json:"failures,omitempty"`
+	Fired    []string  `json:"fired"`
+	// Pairing lists what is wrong with the pairing of the request after pre_send, whether
+	// or not the case expects it.
+	Pairing  []Violation   `json:"pairing,omitempty"`
 	Duration time.Duration `json:"duration_ns"`
 }
 
-// Name is file/case.
-func (r Result) Name() string { return r.File + "/" + r.Case }
+// Failure is one failed expectation of a case.
+type Failure struct {
+	// File is the fixture file's path and Line the line of the failing expectation in it
+	// (the case's line when the expectation is not written in the case: the pairing guard).
+	File string `json:"file"`
+	Line int    `json:"line"`
+	Case string `json:"case"`
+	// Field names the expectation: verdict, fired, reasons, not_fired, reject.code,
+	// effects.anchor, class, unchanged, request.input[1].output, pairing, …
+	Field string `json:"field"`
+	Want  string `json:"want,omitempty"`
+	Got   string `json:"got,omitempty"`
+	// Message is the failure as the text report prints it.
+	Message string `json:"message"`
+}
+
+// Name is fixture/case, the name -run matches.
+func (r Result) Name() string { return r.Fixture + "/" + r.Case }
 
 // Report is the result of a run.
 type Report struct {
 	Results []Result `json:"results"`
 	Passed  int      `json:"passed"`
 	Failed  int      `json:"failed"`
-	// Unfired lists rules that no case fired.
+	// Unfired lists rules of the whole set that no case of the run fired.
 	Unfired []string `json:"unfired"`
+	// Coverage is the rule coverage of each policy file, in load order.
+	Coverage []FileCoverage `json:"coverage"`
+	// Lint holds findings that do not fail a case: broken pairing with
+	// Options.PairingAsLint.
+	Lint engine.Diagnostics `json:"lint,omitempty"`
+}
+
+// FileCoverage is how many rules of one policy file the cases of a run fired.
+type FileCoverage struct {
+	File   string `json:"file"`
+	Policy string `json:"policy"`
+	Rules  int    `json:"rules"`
+	Fired  int    `json:"fired"`
+	// Unfired are the ids of the file's rules that no case fired, in file order.
+	Unfired []string `json:"unfired"`
+	// UnderTest is true when a case of the run names a rule of the file in fired,
+	// not_fired or enforce: the run is about the file, so its unfired rules are a finding.
+	// The other files only took part (pair-input fires on every pre_send turn).
+	UnderTest bool `json:"under_test"`
+}
+
+// UncoveredUnderTest returns the unfired rules of the policy files under test.
+func (r *Report) UncoveredUnderTest() []string {
+	var out []string
+	for _, c := range r.Coverage {
+		if c.UnderTest {
+			out = append(out, c.Unfired...)
+		}
+	}
+	return out
 }
 
 // Options configure RunWith.
@@ -49,6 +106,10 @@ type Options struct {
 	OutcomeOnly bool
 	// IgnoreReasons also ignores expect.reasons (the metric labels).
 	IgnoreReasons bool
+	// PairingAsLint reports a request whose pairing is broken after pre_send, in a case
+	// that does not expect it, as a lint finding in Report.Lint instead of failing the
+	// case: the reload gate refuses a set for its declared expectations only.
+	PairingAsLint bool
 }
 
 // Run evaluates every case whose file/case name matches filter (nil: all). A fixture that
@@ -61,6 +122,7 @@ func Run(snap *engine.Snapshot, files []*File, filter *regexp.Regexp) (*Report, 
 func RunWith(snap *engine.Snapshot, files []*File, opts Options) (*Report, error) {
 	rep := &Report{}
 	fired := map[string]bool{}
+	named := map[string]bool{}
 	for _, f := range files {
 		for i := range f.Cases {
 			c := &f.Cases[i]
@@ -76,13 +138,22 @@ func RunWith(snap *engine.Snapshot, files []*File, opts Options) (*Report, error
 			if opts.Filter != nil && !opts.Filter.MatchString(name) {
 				continue
 			}
-			res, err := runCase(snap, f, c, opts)
+			res, lint, err := runCase(snap, f, c, opts)
 			if err != nil {
 				return nil, fmt.Errorf("%s:%d: case %q: %w", f.path, c.line, c.Name, err)
 			}
 			for _, id := range res.Fired {
 				fired[id] = true
 			}
+			if c.Expect.Fired != nil {
+				for _, id := range *c.Expect.Fired {
+					named[id] = true
+				}
+			}
+			for _, id := range slices.Concat(c.Expect.NotFired, c.Enforce) {
+				named[id] = true
+			}
+			rep.Lint = append(rep.Lint, lint...)
 			rep.Results = append(rep.Results, res)
 			if res.Passed {
 				rep.Passed++
@@ -91,12 +162,48 @@ func RunWith(snap *engine.Snapshot, files []*File, opts Options) (*Report, error
 			}
 		}
 	}
+	var cov *FileCoverage
 	for _, r := range snap.Rules() {
 		if !fired[r.ID] {
 			rep.Unfired = append(rep.Unfired, r.ID)
 		}
+		if cov == nil || cov.File != r.Pos.File {
+			// Rules come stage by stage, so a file's rules may come back after another's.
+			i := slices.IndexFunc(rep.Coverage, func(c FileCoverage) bool { return c.File == r.Pos.File })
+			if i < 0 {
+				rep.Coverage = append(rep.Coverage, FileCoverage{File: r.Pos.File, Policy: r.Policy, Unfired: []string{}})
+				i = len(rep.Coverage) - 1
+			}
+			cov = &rep.Coverage[i]
+		}
+		cov.Rules++
+		if fired[r.ID] {
+			cov.Fired++
+		} else {
+			cov.Unfired = append(cov.Unfired, r.ID)
+		}
+		if named[r.ID] {
+			cov.UnderTest = true
+		}
+	}
+	for i := range rep.Coverage {
+		c := &rep.Coverage[i]
+		c.Unfired = orderInFile(snap, c.File, c.Unfired)
 	}
 	return rep, nil
+}
+
+// orderInFile sorts rule ids by their position in the file: Rules lists them stage by
+// stage, and an author reads a file top to bottom.
+func orderInFile(snap *engine.Snapshot, file string, ids []string) []string {
+	line := map[string]int{}
+	for _, r := range snap.Rules() {
+		if r.Pos.File == file {
+			line[r.ID] = r.Pos.Line
+		}
+	}
+	slices.SortStableFunc(ids, func(a, b string) int { return line[a] - line[b] })
+	return ids
 }
 
 func checkRuleIDs(snap *engine.Snapshot, f *File, c *Case) error {
@@ -148,37 +255,51 @@ func checkExpect(f *File, c *Case) error {
 	default:
 		return fmt.Errorf("%s:%d: case %q: unknown verdict %q", f.path, c.line, c.Name, v)
 	}
-	if c.Response != nil && firstNonEmpty(c.Stage, f.Defaults.Stage) != engine.StagePostResponse {
+	stage := firstNonEmpty(c.Stage, f.Defaults.Stage, engine.StagePreSend)
+	if c.Response != nil && stage != engine.StagePostResponse {
 		return fmt.Errorf("%s:%d: case %q: a response is bookkept only in stage %s", f.path, c.line, c.Name, engine.StagePostResponse)
+	}
+	if c.Expect.BrokenPairing && stage != engine.StagePreSend {
+		return fmt.Errorf("%s:%d: case %q: broken_pairing is checked after stage %s only, not %s", f.path, c.line, c.Name, engine.StagePreSend, stage)
 	}
 	return nil
 }
 
-func runCase(snap *engine.Snapshot, f *File, c *Case, opts Options) (Result, error) {
-	res := Result{File: f.Name, Case: c.Name, Line: c.line}
+// diff is one failed expectation before it is placed in the file.
+type diff struct {
+	field, want, got, msg string
+}
+
+func runCase(snap *engine.Snapshot, f *File, c *Case, opts Options) (Result, engine.Diagnostics, error) {
+	res := Result{File: f.path, Fixture: f.Name, Case: c.Name, Line: c.line}
 	t, err := BuildTurn(f, c)
 	if err != nil {
-		return res, err
+		return res, nil, err
 	}
 	stage := firstNonEmpty(c.Stage, f.Defaults.Stage, engine.StagePreSend)
 	original := append([]byte(nil), t.Request.Bytes()...)
+	chained := clonePending(t.Pending)
 	start := time.Now()
 	out := snap.Evaluate(stage, t, engine.WithEnforced(c.Enforce...))
 	res.Duration = time.Since(start)
 	for _, fr := range out.Fired {
 		res.Fired = append(res.Fired, fr.Rule)
 	}
-	fail := func(format string, args ...any) { res.Failures = append(res.Failures, fmt.Sprintf(format, args...)) }
+	add := func(d diff, at ...string) {
+		res.Failures = append(res.Failures, d.msg)
+		res.Details = append(res.Details, Failure{File: f.path, Line: c.expectLine(at...), Case: c.Name,
+			Field: d.field, Want: d.want, Got: d.got, Message: d.msg})
+	}
 	if out.Err != nil {
-		fail("evaluation error: %v", out.Err)
+		add(diff{field: "evaluation", got: out.Err.Error(), msg: fmt.Sprintf("evaluation error: %v", out.Err)})
 	}
 	e := &c.Expect
 	if e.Verdict != "" && string(out.Verdict) != e.Verdict {
-		fail("verdict: want %s, got %s", e.Verdict, out.Verdict)
+		add(diff{"verdict", e.Verdict, string(out.Verdict), fmt.Sprintf("verdict: want %s, got %s", e.Verdict, out.Verdict)}, "verdict")
 	}
 	shown := slices.DeleteFunc(slices.Clone(res.Fired), func(id string) bool { return slices.Contains(f.Defaults.Ignore, id) })
 	if e.Fired != nil && !opts.OutcomeOnly && !slices.Equal(shown, *e.Fired) {
-		fail("fired rules:\n\t\twant %s\n\t\tgot  %s", list(*e.Fired), list(shown))
+		add(diff{"fired", list(*e.Fired), list(shown), fmt.Sprintf("fired rules:\n\t\twant %s\n\t\tgot  %s", list(*e.Fired), list(shown))}, "fired")
 	}
 	if e.Reasons != nil && !opts.IgnoreReasons {
 		var reasons []string
@@ -188,40 +309,42 @@ func runCase(snap *engine.Snapshot, f *File, c *Case, opts Options) (Result, err
 			}
 		}
 		if !slices.Equal(reasons, *e.Reasons) {
-			fail("reasons:\n\t\twant %s\n\t\tgot  %s", list(*e.Reasons), list(reasons))
+			add(diff{"reasons", list(*e.Reasons), list(reasons), fmt.Sprintf("reasons:\n\t\twant %s\n\t\tgot  %s", list(*e.Reasons), list(reasons))}, "reasons")
 		}
 	}
 	for _, id := range e.NotFired {
 		if !opts.OutcomeOnly && slices.Contains(res.Fired, id) {
-			fail("rule %s fired but must not", id)
+			add(diff{"not_fired", "not " + id, id, fmt.Sprintf("rule %s fired but must not", id)}, "not_fired")
 		}
 	}
 	if e.Reject != nil {
 		switch r := out.Reject; {
 		case r == nil:
-			fail("reject: want code %q, got no rejection", e.Reject.Code)
+			add(diff{"reject", "code " + e.Reject.Code, "no rejection", fmt.Sprintf("reject: want code %q, got no rejection", e.Reject.Code)}, "reject")
 		default:
 			if e.Reject.Code != "" && r.Code != e.Reject.Code {
-				fail("reject code: want %q, got %q", e.Reject.Code, r.Code)
+				add(diff{"reject.code", e.Reject.Code, r.Code, fmt.Sprintf("reject code: want %q, got %q", e.Reject.Code, r.Code)}, "reject", "code")
 			}
 			if e.Reject.Status != 0 && r.Status != e.Reject.Status {
-				fail("reject status: want %d, got %d", e.Reject.Status, r.Status)
+				add(diff{"reject.status", strconv.Itoa(e.Reject.Status), strconv.Itoa(r.Status), fmt.Sprintf("reject status: want %d, got %d", e.Reject.Status, r.Status)}, "reject", "status")
 			}
 			if e.Reject.MessageContains != "" && !strings.Contains(r.Message, e.Reject.MessageContains) {
-				fail("reject message: want it to contain %q, got %q", e.Reject.MessageContains, r.Message)
+				add(diff{"reject.message_contains", e.Reject.MessageContains, r.Message,
+					fmt.Sprintf("reject message: want it to contain %q, got %q", e.Reject.MessageContains, r.Message)}, "reject", "message_contains")
 			}
 		}
 	}
 	if e.ClearAnchor != nil && out.ClearsAnchor() != *e.ClearAnchor {
-		fail("clear_anchor: want %v, got %v", *e.ClearAnchor, out.ClearsAnchor())
+		add(diff{"clear_anchor", strconv.FormatBool(*e.ClearAnchor), strconv.FormatBool(out.ClearsAnchor()),
+			fmt.Sprintf("clear_anchor: want %v, got %v", *e.ClearAnchor, out.ClearsAnchor())}, "clear_anchor")
 	}
 	if e.Effects != nil {
 		diffs, err := effectsDiff(e.Effects, &out.Effects)
 		if err != nil {
-			return res, fmt.Errorf("expect.effects: %w", err)
+			return res, nil, fmt.Errorf("expect.effects: %w", err)
 		}
 		for _, d := range diffs {
-			fail("%s", d)
+			add(d, strings.Split(d.field, ".")...)
 		}
 	}
 	if e.Class != "" {
@@ -230,37 +353,141 @@ func runCase(snap *engine.Snapshot, f *File, c *Case, opts Options) (Result, err
 			got = t.Error.Class
 		}
 		if got != e.Class {
-			fail("class: want %q, got %q", e.Class, got)
+			add(diff{"class", e.Class, got, fmt.Sprintf("class: want %q, got %q", e.Class, got)}, "class")
 		}
 	}
 	final := t.Request.Bytes()
 	var actual any
 	if err := json.Unmarshal(final, &actual); err != nil {
-		fail("resulting request is not valid JSON: %v", err)
+		add(diff{field: "request", got: string(final), msg: fmt.Sprintf("resulting request is not valid JSON: %v", err)})
 	}
 	if e.Unchanged && string(final) != string(original) {
-		fail("request changed but must not:\n\t\twant %s\n\t\tgot  %s", original, final)
+		add(diff{"unchanged", string(original), string(final), fmt.Sprintf("request changed but must not:\n\t\twant %s\n\t\tgot  %s", original, final)}, "unchanged")
 	}
 	if e.Request.Kind != 0 {
 		want, err := nodeJSON(&e.Request)
 		if err != nil {
-			return res, fmt.Errorf("expect.request: %w", err)
+			return res, nil, fmt.Errorf("expect.request: %w", err)
 		}
 		var wantV any
 		_ = json.Unmarshal(want, &wantV)
 		for _, d := range subsetDiff("request", wantV, actual) {
-			fail("%s", d)
+			add(d, pathSegments(d.field)...)
 		}
 	}
 	if m, ok := actual.(map[string]any); ok {
 		for _, k := range e.Absent {
 			if _, present := m[k]; present {
-				fail("request.%s: want absent, got %s", k, compact(m[k]))
+				add(diff{"request." + k, "absent", compact(m[k]), fmt.Sprintf("request.%s: want absent, got %s", k, compact(m[k]))}, "request_absent")
 			}
 		}
 	}
+	var lint engine.Diagnostics
+	if stage == engine.StagePreSend && out.Verdict == engine.VerdictSend {
+		res.Pairing = PairingViolations(t.Request, chained)
+		switch {
+		case len(res.Pairing) > 0 && !e.BrokenPairing && opts.PairingAsLint:
+			lint = append(lint, engine.Diagnostic{Pos: engine.Pos{File: f.path, Line: c.line, Col: c.col()}, Severity: engine.SevLint,
+				Msg: fmt.Sprintf("case %s: %s", res.Name(), pairingFinding(stage, res.Pairing))})
+		case len(res.Pairing) > 0 && !e.BrokenPairing:
+			add(diff{"pairing", "paired", violationsString(res.Pairing),
+				pairingFinding(stage, res.Pairing) + "; write expect.broken_pairing: true if the case means it"})
+		case len(res.Pairing) == 0 && e.BrokenPairing:
+			add(diff{"broken_pairing", "a broken pairing", "paired", "broken_pairing: want the pairing broken after pre_send, got every call answered once"}, "broken_pairing")
+		}
+	}
 	res.Passed = len(res.Failures) == 0
-	return res, nil
+	return res, lint, nil
+}
+
+// expectLine returns the line of the expectation at path under the case's expect key
+// (for example "request", "input", "[1]", "output"), or of the deepest part of it that
+// is written; the case's line when expect is not, or for no path (the pairing guard
+// judges the case, not one of its expectations).
+func (c *Case) expectLine(path ...string) int {
+	n := mappingValue(c.node, "expect")
+	if n == nil || len(path) == 0 {
+		return c.line
+	}
+	line := n.Line
+	for _, seg := range path {
+		n = child(n, seg)
+		if n == nil {
+			break
+		}
+		line = n.Line
+	}
+	return line
+}
+
+// col is the column of the case's mapping, for a position that needs one.
+func (c *Case) col() int {
+	if c.node == nil {
+		return 1
+	}
+	return c.node.Column
+}
+
+// child follows one path segment: a key of a mapping or "[i]" of a sequence.
+func child(n *yaml.Node, seg string) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n == nil {
+		return nil
+	}
+	if strings.HasPrefix(seg, "[") && strings.HasSuffix(seg, "]") {
+		i, err := strconv.Atoi(seg[1 : len(seg)-1])
+		if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
+			return nil
+		}
+		return n.Content[i]
+	}
+	return mappingValue(n, seg)
+}
+
+func mappingValue(n *yaml.Node, key string) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// pathSegments splits a subsetDiff path such as request.input[1].output into
+// request, input, [1], output.
+func pathSegments(path string) []string {
+	var out []string
+	for _, part := range strings.Split(path, ".") {
+		for part != "" {
+			i := strings.IndexByte(part, '[')
+			switch {
+			case i < 0:
+				out = append(out, part)
+				part = ""
+			case i > 0:
+				out = append(out, part[:i])
+				part = part[i:]
+			default:
+				j := strings.IndexByte(part, ']')
+				if j < 0 {
+					out = append(out, part)
+					part = ""
+					continue
+				}
+				out = append(out, part[:j+1])
+				part = part[j+1:]
+			}
+		}
+	}
+	return out
 }
 
 var transcriptOps = map[string]engine.TranscriptOp{
@@ -298,14 +525,14 @@ func pendingEffect(n *yaml.Node) (*PendingEffect, error) {
 }
 
 // effectsDiff reports where the effects of a stage differ from the expected ones.
-func effectsDiff(want *Effects, got *engine.Effects) ([]string, error) {
-	var out []string
+func effectsDiff(want *Effects, got *engine.Effects) ([]diff, error) {
+	var out []diff
 	if want.Anchor != nil {
 		switch {
 		case got.Anchor == nil:
-			out = append(out, fmt.Sprintf("effects.anchor: want %q, got unchanged", *want.Anchor))
+			out = append(out, diff{"effects.anchor", strconv.Quote(*want.Anchor), "unchanged", fmt.Sprintf("effects.anchor: want %q, got unchanged", *want.Anchor)})
 		case *got.Anchor != *want.Anchor:
-			out = append(out, fmt.Sprintf("effects.anchor: want %q, got %q", *want.Anchor, *got.Anchor))
+			out = append(out, diff{"effects.anchor", strconv.Quote(*want.Anchor), strconv.Quote(*got.Anchor), fmt.Sprintf("effects.anchor: want %q, got %q", *want.Anchor, *got.Anchor)})
 		}
 	}
 	pe, err := pendingEffect(&want.Pending)
@@ -315,27 +542,32 @@ func effectsDiff(want *Effects, got *engine.Effects) ([]string, error) {
 	switch {
 	case pe == nil:
 	case pe.none && got.PutPending != nil:
-		out = append(out, fmt.Sprintf("effects.pending: want none, got %s", pendingString(got.PutPending)))
+		g := pendingString(got.PutPending)
+		out = append(out, diff{"effects.pending", "none", g, fmt.Sprintf("effects.pending: want none, got %s", g)})
 	case pe.none:
 	case got.PutPending == nil:
-		out = append(out, fmt.Sprintf("effects.pending: want %s, got none", pe.String()))
+		out = append(out, diff{"effects.pending", pe.String(), "none", fmt.Sprintf("effects.pending: want %s, got none", pe.String())})
 	default:
 		if w, g := pe.String(), pendingString(got.PutPending); w != g {
-			out = append(out, fmt.Sprintf("effects.pending: want %s, got %s", w, g))
+			out = append(out, diff{"effects.pending", w, g, fmt.Sprintf("effects.pending: want %s, got %s", w, g)})
 		}
 	}
 	if want.DeletePending != nil && !slices.Equal(*want.DeletePending, got.DeletePending) {
-		out = append(out, fmt.Sprintf("effects.delete_pending: want %s, got %s", list(*want.DeletePending), list(got.DeletePending)))
+		w, g := list(*want.DeletePending), list(got.DeletePending)
+		out = append(out, diff{"effects.delete_pending", w, g, fmt.Sprintf("effects.delete_pending: want %s, got %s", w, g)})
 	}
 	if want.Transcript != "" && transcriptOps[want.Transcript] != got.Transcript {
-		out = append(out, fmt.Sprintf("effects.transcript: want %s, got %s", want.Transcript, got.Transcript))
+		out = append(out, diff{"effects.transcript", want.Transcript, got.Transcript.String(),
+			fmt.Sprintf("effects.transcript: want %s, got %s", want.Transcript, got.Transcript)})
 	}
 	if want.UpstreamCached != nil {
 		switch {
 		case got.UpstreamCached == nil:
-			out = append(out, fmt.Sprintf("effects.upstream_cached: want %q, got unchanged", *want.UpstreamCached))
+			out = append(out, diff{"effects.upstream_cached", strconv.Quote(*want.UpstreamCached), "unchanged",
+				fmt.Sprintf("effects.upstream_cached: want %q, got unchanged", *want.UpstreamCached)})
 		case *got.UpstreamCached != *want.UpstreamCached:
-			out = append(out, fmt.Sprintf("effects.upstream_cached: want %q, got %q", *want.UpstreamCached, *got.UpstreamCached))
+			out = append(out, diff{"effects.upstream_cached", strconv.Quote(*want.UpstreamCached), strconv.Quote(*got.UpstreamCached),
+				fmt.Sprintf("effects.upstream_cached: want %q, got %q", *want.UpstreamCached, *got.UpstreamCached)})
 		}
 	}
 	return out, nil
@@ -364,23 +596,23 @@ func pendingString(p *engine.PendingPut) string {
 
 // subsetDiff reports where actual does not contain want: objects match when every wanted key
 // matches, arrays when they have the same length and every element matches.
-func subsetDiff(path string, want, actual any) []string {
+func subsetDiff(path string, want, actual any) []diff {
 	switch w := want.(type) {
 	case map[string]any:
 		a, ok := actual.(map[string]any)
 		if !ok {
-			return []string{fmt.Sprintf("%s: want an object, got %s", path, compact(actual))}
+			return []diff{{path, "an object", compact(actual), fmt.Sprintf("%s: want an object, got %s", path, compact(actual))}}
 		}
 		keys := make([]string, 0, len(w))
 		for k := range w {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		var out []string
+		var out []diff
 		for _, k := range keys {
 			av, ok := a[k]
 			if !ok {
-				out = append(out, fmt.Sprintf("%s.%s: want %s, got nothing", path, k, compact(w[k])))
+				out = append(out, diff{path + "." + k, compact(w[k]), "nothing", fmt.Sprintf("%s.%s: want %s, got nothing", path, k, compact(w[k]))})
 				continue
 			}
 			out = append(out, subsetDiff(path+"."+k, w[k], av)...)
@@ -389,19 +621,19 @@ func subsetDiff(path string, want, actual any) []string {
 	case []any:
 		a, ok := actual.([]any)
 		if !ok {
-			return []string{fmt.Sprintf("%s: want an array, got %s", path, compact(actual))}
+			return []diff{{path, "an array", compact(actual), fmt.Sprintf("%s: want an array, got %s", path, compact(actual))}}
 		}
 		if len(a) != len(w) {
-			return []string{fmt.Sprintf("%s: want %d items, got %d:\n\t\twant %s\n\t\tgot  %s", path, len(w), len(a), compact(w), compact(a))}
+			return []diff{{path, compact(w), compact(a), fmt.Sprintf("%s: want %d items, got %d:\n\t\twant %s\n\t\tgot  %s", path, len(w), len(a), compact(w), compact(a))}}
 		}
-		var out []string
+		var out []diff
 		for i := range w {
 			out = append(out, subsetDiff(fmt.Sprintf("%s[%d]", path, i), w[i], a[i])...)
 		}
 		return out
 	default:
 		if compact(want) != compact(actual) {
-			return []string{fmt.Sprintf("%s: want %s, got %s", path, compact(want), compact(actual))}
+			return []diff{{path, compact(want), compact(actual), fmt.Sprintf("%s: want %s, got %s", path, compact(want), compact(actual))}}
 		}
 	}
 	return nil

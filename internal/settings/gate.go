@@ -19,13 +19,18 @@ const gateNamed = 5
 // change that edits policies and fixtures together is judged by the new fixtures. The
 // error names the failing cases (fixture file, case, line) and what differed, because it
 // is the only thing the reload log line says about why a set was refused.
+//
+// A request that would leave pre_send with its call/output pairing broken, in a case that
+// does not expect it (policytest.PairingLint), does not refuse the set: the gate returns
+// it as engine.Diagnostics of lint findings, which the reloader logs with the activated
+// set. The cases' declared expectations decide; the guard tells the operator.
 func FixtureGate(dir string) gateway.ReloadGate {
 	return func(snap *engine.Snapshot) error {
 		files, err := policytest.LoadFiles(dir)
 		if err != nil {
 			return err
 		}
-		rep, err := policytest.Run(snap, files, nil)
+		rep, err := policytest.RunWith(snap, files, policytest.Options{PairingAsLint: true})
 		if err != nil {
 			return fmt.Errorf("fixtures %s: %w", dir, err)
 		}
@@ -33,6 +38,9 @@ func FixtureGate(dir string) gateway.ReloadGate {
 			return fmt.Errorf("no fixtures in %s: a gate that checks nothing would pass any set", dir)
 		}
 		if rep.Failed == 0 {
+			if len(rep.Lint) > 0 {
+				return rep.Lint
+			}
 			return nil
 		}
 		var named []string
