@@ -40,6 +40,9 @@ type transport interface {
 	// annotate adds what the connection's control frames said about a response (outputs
 	// injected into it, an interrupt).
 	annotate(resp *engine.Response)
+	// headers are the headers of the next upstream request (HTTP), for trace context; nil
+	// for a WebSocket lane, whose headers went with the handshake.
+	headers() http.Header
 }
 
 // exchange is one request in flight upstream.
@@ -112,6 +115,7 @@ func (s *Server) drive(ctx context.Context, tr transport, lane *laneState, req *
 	scope.Lane = lane.name
 	d := s.newTurn(ctx, tr, lane, req, scope, snap)
 	d.connID = connID
+	ctx = d.begin(ctx)
 	return d.finish(d.run(ctx))
 }
 
@@ -132,6 +136,7 @@ func (s *Server) follow(ctx context.Context, tr transport, lane *laneState, req 
 	d.connID = connID
 	d.serverStarted = true
 	d.t.Recovery.Enabled = false
+	ctx = d.begin(ctx)
 	outcome, f := d.relay(ctx, wl.watch(up), first)
 	if f != nil {
 		outcome = d.fail(ctx, f)
@@ -139,8 +144,27 @@ func (s *Server) follow(ctx context.Context, tr transport, lane *laneState, req 
 	return d.finish(outcome)
 }
 
+// begin hands the turn to the hooks, whose context it carries from then on.
+func (d *turn) begin(ctx context.Context) context.Context {
+	d.ctx = ctx
+	if len(d.srv.hooks) == 0 {
+		return ctx
+	}
+	store := "local"
+	if b, ok := d.srv.store.(interface{ Backend() string }); ok {
+		store = b.Backend()
+	}
+	d.info = &TurnInfo{Transport: d.tr.kind(), Tenant: d.scope.Tenant, Session: d.scope.Session, Lane: d.lane.name,
+		Conn: d.connID, Number: d.t.Number, ServerStarted: d.serverStarted, PolicySet: d.snap.Hash, Store: store}
+	d.ctx = d.srv.hooks.begin(ctx, d.info)
+	return d.ctx
+}
+
 // finish counts and logs the turn.
 func (d *turn) finish(outcome string) string {
+	if len(d.srv.hooks) > 0 {
+		d.srv.hooks.end(d.ctx, d.info, outcome)
+	}
 	s, kind := d.srv, d.tr.kind()
 	s.metrics.turns.WithLabelValues(kind, outcome).Inc()
 	elapsed := time.Since(d.began)
@@ -197,12 +221,30 @@ func (d *turn) fail(ctx context.Context, f *failure) string {
 
 // attempt sends the turn's payload and relays the upstream's events.
 func (d *turn) attempt(ctx context.Context, fresh bool) (string, *failure) {
+	var done func(error)
+	if len(d.srv.hooks) > 0 {
+		done = d.srv.hooks.upstream(ctx, d.info, d.tr.headers())
+	}
 	ex, err := d.tr.send(ctx, d.t.Request.Bytes(), fresh)
 	if err != nil {
+		if done != nil {
+			done(err)
+		}
 		return "", &failure{err: err}
 	}
 	d.srv.metrics.toUpstream.Inc()
-	return d.relay(ctx, ex, nil)
+	outcome, f := d.relay(ctx, ex, nil)
+	if done != nil {
+		var ferr error
+		if f != nil {
+			ferr = f.err
+			if f.ev != nil {
+				ferr = errors.New("upstream error: " + f.ev.errorBody().Code)
+			}
+		}
+		done(ferr)
+	}
+	return outcome, f
 }
 
 // relay relays the upstream's events, first (when given) and then those that follow, until the

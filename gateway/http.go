@@ -107,6 +107,9 @@ func (h *httpConn) forkSource(string) *laneState { return nil }
 
 func (h *httpConn) annotate(*engine.Response) {}
 
+// headers are the request headers every upstream attempt of this request sends.
+func (h *httpConn) headers() http.Header { return h.hdr }
+
 func (h *httpConn) send(ctx context.Context, payload []byte, _ bool) (exchange, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	x := &sseExchange{cancel: cancel}

@@ -47,6 +47,8 @@ type Server struct {
 	draining bool
 	connSeq  atomic.Uint64
 	instance string
+	// hooks observe every turn (tracing, the decision log).
+	hooks hookSet
 	// bodies bounds the HTTP request bodies held at once; queued the creates that wait for
 	// their lanes, across connections.
 	bodies, queued byteBudget

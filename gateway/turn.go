@@ -22,6 +22,9 @@ type turn struct {
 	snap  *engine.Snapshot
 	// connID names the client connection in logs (never a credential).
 	connID string
+	// ctx is the turn's context as the hooks made it (a span's); info what they know.
+	ctx  context.Context
+	info *TurnInfo
 	// t is the turn context: after pre_send, and after each recovery, the request as sent.
 	t *engine.Turn
 	// start is the state the turn began with: post_response rules see the anchor, pending
@@ -139,6 +142,9 @@ func (s *Server) newTurn(ctx context.Context, tr transport, lane *laneState, req
 // asked for. resp is the response a post_response stage bookkeeps.
 func (d *turn) evaluate(stage string, t *engine.Turn) *engine.Outcome {
 	out := d.snap.Evaluate(stage, t)
+	if len(d.srv.hooks) > 0 {
+		d.srv.hooks.stage(d.ctx, d.info, stage, t, out)
+	}
 	for _, f := range out.Fired {
 		d.reasons = append(d.reasons, f.Reason)
 	}
@@ -206,7 +212,15 @@ func (d *turn) commit(ctx context.Context) {
 	d.dirty = false
 	b := d.batch
 	d.batch = statestore.Batch{Scope: d.scope}
-	if err := d.srv.store.Commit(detach(ctx), b); err != nil {
+	var done func(error)
+	if len(d.srv.hooks) > 0 {
+		done = d.srv.hooks.commit(d.ctx, d.info)
+	}
+	err := d.srv.store.Commit(detach(ctx), b)
+	if done != nil {
+		done(err)
+	}
+	if err != nil {
 		d.srv.metrics.storeErrors.Inc()
 		d.srv.log.Warn("bookkeeping write failed; local state kept", "err", err)
 	}

@@ -198,6 +198,10 @@ func (l *wsLane) successorRequest() *responses.Request {
 
 func (l *wsLane) kind() string { return engine.TransportWebSocket }
 
+// headers is nil: a lane's requests are frames on a socket whose headers went with its
+// handshake.
+func (l *wsLane) headers() http.Header { return nil }
+
 // cached is what the open upstream connection holds for the lane; a connection that is
 // closed or due for rotation holds nothing, since the next send replaces it.
 func (l *wsLane) cached(st *laneState) string {
