@@ -95,3 +95,7 @@ var (
 
 // maxPolicyBytes bounds one policy file; a larger one is refused before it is parsed.
 const maxPolicyBytes = 1 << 20
+
+// maxPolicyFiles bounds the files of one policy set: a directory filled by mistake (or on
+// purpose) must not make every reload read and compile without end.
+const maxPolicyFiles = 256

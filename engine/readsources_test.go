@@ -1,10 +1,13 @@
 package engine_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -39,4 +42,34 @@ func TestReadSourcesBoundary(t *testing.T) {
 	_, err = engine.ReadSources(dir)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "over the limit")
+}
+
+// TestReadSourcesNonRegular: a FIFO named like a policy file is refused at once, never
+// opened (a read would block every reload, and at start-up the gateway would never listen);
+// a directory of too many files is refused.
+func TestReadSourcesNonRegular(t *testing.T) {
+	dir := t.TempDir()
+	policy := []byte("policy: p\nrules:\n  - {id: r, stage: pre_send, when: 'true'}\n")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "a.yaml"), policy, 0o644))
+	require.NoError(t, syscall.Mkfifo(filepath.Join(dir, "b.yaml"), 0o644))
+	done := make(chan error, 1)
+	go func() {
+		_, err := engine.ReadSources(dir)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "not a regular file")
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadSources blocked on a FIFO")
+	}
+
+	many := t.TempDir()
+	for i := 0; i < 257; i++ {
+		require.NoError(t, os.WriteFile(filepath.Join(many, fmt.Sprintf("%03d.yaml", i)), policy, 0o644))
+	}
+	_, err := engine.ReadSources(many)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "more than 256 policy files")
 }

@@ -65,6 +65,9 @@ func ReadSources(paths ...string) ([]Source, error) {
 				return nil, err
 			}
 			srcs = append(srcs, Source{Name: filepath.Join(p, name), Data: data})
+			if len(srcs) > maxPolicyFiles {
+				return nil, fmt.Errorf("read policies: more than %d policy files in %s", maxPolicyFiles, p)
+			}
 		}
 	}
 	if len(srcs) == 0 {
@@ -78,6 +81,10 @@ func readBounded(path string) ([]byte, error) {
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("read policies: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		// A FIFO or a device would block the read (and with it every reload) forever.
+		return nil, fmt.Errorf("read policies: %s is not a regular file (%s)", path, st.Mode().Type())
 	}
 	if st.Size() > maxPolicyBytes {
 		return nil, fmt.Errorf("read policies: %s is %d bytes, over the limit of %d", path, st.Size(), maxPolicyBytes)
