@@ -13,6 +13,8 @@ import (
 type Config struct {
 	// Listen is the address to serve on.
 	Listen string `yaml:"listen"`
+	// MetricsListen, when set, serves /metrics on an address of its own and not on Listen.
+	MetricsListen string `yaml:"metrics_listen"`
 	// Upstream is the Responses API base URL (https://api.openai.com/v1 by default); the
 	// WebSocket and HTTP endpoints are derived from it.
 	Upstream string `yaml:"upstream"`

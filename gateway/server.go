@@ -162,6 +162,11 @@ func (s *Server) HTTPServer() *http.Server {
 	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: s.cfg.ClientIdleTimeout}
 }
 
+// MetricsHandler serves the registry /metrics exposes.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
+}
+
 // Handler returns the gateway's HTTP handler: the Responses create endpoints, /healthz,
 // /readyz and /metrics are the gateway's; every other request passes through to the upstream.
 func (s *Server) Handler() http.Handler {
@@ -173,7 +178,6 @@ func (s *Server) Handler() http.Handler {
 	// Without these, the catch-all would send a POST /healthz upstream.
 	mux.HandleFunc("/healthz", getOnly)
 	mux.HandleFunc("/readyz", getOnly)
-	mux.HandleFunc("/metrics", getOnly)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
@@ -188,7 +192,13 @@ func (s *Server) Handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg}))
+	if s.cfg.MetricsListen == "" {
+		mux.HandleFunc("/metrics", getOnly)
+		mux.Handle("GET /metrics", s.MetricsHandler())
+	} else {
+		// Served on its own listener: here it is answered, not passed through upstream.
+		mux.HandleFunc("/metrics", http.NotFound)
+	}
 	return mux
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -68,8 +69,20 @@ func run() error {
 	hs := srv.HTTPServer()
 	log.Info("gateway listening", "addr", ln.Addr().String(), "upstream", st.Upstream, "mode", st.Mode,
 		"store", storeKind(st.Redis), "policies", st.Policies)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- hs.Serve(ln) }()
+	if st.MetricsListen != "" {
+		// /metrics on a listener of its own (and not on the main one), for a network that
+		// only the scraper reaches.
+		mln, err := net.Listen("tcp", st.MetricsListen)
+		if err != nil {
+			return err
+		}
+		ms := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
+		defer ms.Close()
+		log.Info("metrics listening", "addr", mln.Addr().String())
+		go func() { errc <- ms.Serve(mln) }()
+	}
 	select {
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {

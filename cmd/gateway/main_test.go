@@ -277,3 +277,27 @@ func TestReloadGateFlag(t *testing.T) {
 	assert.NotContains(t, metrics, "chainmend_rule_fired_total{", "fixture runs are not traffic")
 	assert.NotContains(t, metrics, "chainmend_policy_verdicts_total{", "fixture runs are not traffic")
 }
+
+// TestMetricsListen: with --metrics-listen, /metrics is served on its own address and not on
+// the main one (issue 11).
+func TestMetricsListen(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries")
+	}
+	emu := newEmulator(t)
+	bin := build(t, "")
+	p := start(t, bin, nil, "--upstream", emu.URL(), "--policies", copyPolicies(t, t.TempDir()), "--metrics-listen", "127.0.0.1:0")
+	var maddr string
+	require.Eventually(t, func() bool {
+		m := regexp.MustCompile(`msg="metrics listening" addr=(\S+)`).FindStringSubmatch(p.log())
+		if m != nil {
+			maddr = m[1]
+		}
+		return m != nil
+	}, 5*time.Second, 20*time.Millisecond, "%s", p.log())
+	code, body := get(t, "http://"+maddr+"/metrics")
+	assert.Equal(t, 200, code)
+	assert.Contains(t, body, "chainmend_policy_last_reload_successful 1")
+	code, _ = get(t, "http://"+p.addr+"/metrics")
+	assert.Equal(t, 404, code, "not on the main listener")
+}

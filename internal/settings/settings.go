@@ -47,6 +47,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 	c := &st.Config
 	fs.StringVar(&st.ConfigFile, "config", "", "YAML configuration file (keys as the flags, with underscores)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "address to serve on")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve /metrics on this address instead of --listen (empty: on --listen)")
 	fs.StringVar(&c.Upstream, "upstream", c.Upstream, "Responses API base URL")
 	fs.StringVar(&c.Policies, "policies", c.Policies, "policy directory")
 	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis URL: redis://[user:pass@]H:P[/db] (one node; a Cluster node is detected; rediss:// for TLS), "+

@@ -153,7 +153,7 @@ func TestFlagNames(t *testing.T) {
 	}
 	assert.Equal(t, []string{
 		"anchor-ttl", "body-read-timeout", "client-idle-timeout", "config", "dial-timeout", "first-event-timeout", "idle-timeout", "listen", "log-format",
-		"log-level", "max-body-bytes-in-flight", "max-connections", "max-frame-bytes", "max-queued-bytes", "max-queued-bytes-total", "max-queued-frames", "max-tenant-connections", "mode",
+		"log-level", "max-body-bytes-in-flight", "max-connections", "max-frame-bytes", "max-queued-bytes", "max-queued-bytes-total", "max-queued-frames", "max-tenant-connections", "metrics-listen", "mode",
 		"pending-ttl", "policies", "recovery", "redis", "reload-gate", "reload-poll", "replay-cap-bytes", "replay-ttl",
 		"session-headers", "shutdown-grace", "store-timeout", "tenant-headers", "upstream", "upstream-max-age", "write-timeout",
 	}, got)
