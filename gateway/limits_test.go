@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -249,4 +250,29 @@ func TestQueuedBytesProcessBudget(t *testing.T) {
 		_, _, err := b.c.Read(ctx)
 		return err != nil // nothing refused within the wait: the create is waiting
 	})
+}
+
+// TestConflictingLengthHeaders: a request with both Content-Length and Transfer-Encoding
+// (a request smuggling attempt, RFC 9112 §6.3) is read by its Transfer-Encoding, as Go's
+// server does for any intermediary, and the upstream gets a request the gateway built
+// itself: one create with the chunked body and its own Content-Length, never the client's
+// length headers, so a disagreement cannot smuggle a request past the gateway.
+func TestConflictingLengthHeaders(t *testing.T) {
+	s := newStack(t, emulator.Reply("ok"))
+	u, err := url.Parse(s.httpURL)
+	require.NoError(t, err)
+	c, err := net.Dial("tcp", u.Host)
+	require.NoError(t, err)
+	defer c.Close()
+	body := create(nil, user("chunked"))
+	_, err = fmt.Fprintf(c, "POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n",
+		testSecret, len(body), body)
+	require.NoError(t, err)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Len(t, s.creates(), 1)
+	assert.JSONEq(t, body, string(s.creates()[0].Frame), "the upstream got the chunked body, whole")
 }
