@@ -128,6 +128,27 @@ func (s *syncBuffer) String() string {
 type testStore struct {
 	statestore.Store
 	pendingDown atomic.Bool
+
+	mu      sync.Mutex
+	batches []statestore.Batch
+}
+
+// Commit records each batch before the real store writes it.
+func (s *testStore) Commit(ctx context.Context, b statestore.Batch) error {
+	s.mu.Lock()
+	s.batches = append(s.batches, b)
+	s.mu.Unlock()
+	return s.Store.Commit(ctx, b)
+}
+
+// lastBatch is the latest batch committed.
+func (s *testStore) lastBatch() statestore.Batch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.batches) == 0 {
+		return statestore.Batch{}
+	}
+	return s.batches[len(s.batches)-1]
 }
 
 func (s *testStore) Pending(ctx context.Context, tenant, id string) ([]statestore.Call, statestore.Result) {
@@ -155,6 +176,8 @@ type stackOpts struct {
 	// front, when set, stands between the gateway and the emulator: it gets the emulator's
 	// URL and returns the one the gateway uses.
 	front func(emuURL string) string
+	// srvOpts are more options of the gateway's (e2e_options_test.go).
+	srvOpts []gateway.Option
 }
 
 // withFront puts an HTTP server of the test's between the gateway and the emulator.
@@ -198,7 +221,7 @@ func newStack(t *testing.T, script emulator.Script, opts ...stackOpt) *stack {
 	inner, err := statestore.New(statestore.WithRegisterer(reg), statestore.WithLogger(logger))
 	require.NoError(t, err)
 	store := &testStore{Store: inner}
-	srv, err := gateway.New(o.cfg, gateway.WithStore(store), gateway.WithLogger(logger), gateway.WithRegistry(reg))
+	srv, err := gateway.New(o.cfg, append([]gateway.Option{gateway.WithStore(store), gateway.WithLogger(logger), gateway.WithRegistry(reg)}, o.srvOpts...)...)
 	require.NoError(t, err)
 	_, err = gateway.NewReloader(srv).Reload()
 	require.NoError(t, err)

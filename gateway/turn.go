@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"slices"
@@ -50,8 +51,11 @@ type turn struct {
 	// forkItems is the transcript of the lane this one forked from, which the fork's own
 	// transcript starts with.
 	forkItems []statestore.ReplayItem
-	forked    bool
-	forkFrom  string
+	// stored is the transcript as the store held it when the turn began (whole, not trimmed):
+	// a full create that repeats it needs only its new items written (issue 14).
+	stored   []statestore.ReplayItem
+	forked   bool
+	forkFrom string
 }
 
 // fork seeds a new lane from the lane it forks: a create on a new lane chained to another
@@ -132,6 +136,9 @@ func (s *Server) newTurn(ctx context.Context, tr transport, lane *laneState, req
 	if d.forked && res == statestore.Hit {
 		d.forkItems = tr2.Items
 	}
+	if !d.forked && res == statestore.Hit && !tr2.Trimmed {
+		d.stored = tr2.Items
+	}
 	d.t = t
 	d.startAnchor, d.startPending, d.startReplay = t.Anchor, t.Pending, t.Replay
 	lane.turns++
@@ -182,15 +189,23 @@ func (d *turn) absorb(eff *engine.Effects, t *engine.Turn) {
 		if t.Response == nil {
 			break
 		}
+		in := t.Request.Items()
 		if eff.Transcript == engine.TranscriptReset {
-			b.ReplayReset, b.ReplayAppend = true, nil
+			if n := len(d.stored); n > 0 && !b.ReplayReset && len(b.ReplayAppend) == 0 && startsWith(in, d.stored) {
+				// The full create repeats the stored transcript and extends it: the same
+				// transcript results from appending only the new items, and the commit
+				// ships bytes in proportion to them, not to the whole conversation.
+				in = in[n:]
+			} else {
+				b.ReplayReset, b.ReplayAppend = true, nil
+			}
 		} else if d.forkItems != nil {
 			// A fork's transcript starts as a copy of its source lane's.
 			b.ReplayReset = true
 			b.ReplayAppend = append(slices.Clip(d.forkItems), b.ReplayAppend...)
 			d.forkItems = nil
 		}
-		b.ReplayAppend = appendReplay(b.ReplayAppend, t.Request.Items(), t.Response.Items)
+		b.ReplayAppend = appendReplay(b.ReplayAppend, in, t.Response.Items)
 		b.ReplayLastResponseID = t.Response.ID
 		d.dirty = true
 	case engine.TranscriptClear:
@@ -257,6 +272,28 @@ func (d *turn) responseOf(kind string, ev responses.Event, items []responses.Ite
 	}
 	d.tr.annotate(resp)
 	return resp
+}
+
+// startsWith reports whether items begin with the stored transcript: each item the same
+// bytes, or, for an item with an identity (an id or a call id), the same identity, since
+// clients echo the server's items re-encoded (Codex does) and an id names one item.
+func startsWith(items []responses.Item, stored []statestore.ReplayItem) bool {
+	if len(stored) > len(items) {
+		return false
+	}
+	for i := range stored {
+		if bytes.Equal(items[i].Raw, stored[i].Raw) {
+			continue
+		}
+		if items[i].ID == "" && items[i].CallID == "" {
+			return false
+		}
+		it, err := responses.ParseItem(stored[i].Raw)
+		if err != nil || it.Key() != items[i].Key() {
+			return false
+		}
+	}
+	return true
 }
 
 func appendReplay(dst []statestore.ReplayItem, in, out []responses.Item) []statestore.ReplayItem {
