@@ -132,6 +132,18 @@ var listenRe = regexp.MustCompile(`msg="gateway listening" addr=(\S+)`)
 // stopped when the test ends; if the test failed, the end of its log is printed.
 func StartGateway(tb testing.TB, bin, name string, args ...string) *Gateway {
 	tb.Helper()
+	return startGateway(tb, bin, name, "/readyz", args...)
+}
+
+// StartGatewayLive is StartGateway for a gateway that is expected not to be ready (a store
+// that cannot work as configured): it waits for /healthz instead of /readyz.
+func StartGatewayLive(tb testing.TB, bin, name string, args ...string) *Gateway {
+	tb.Helper()
+	return startGateway(tb, bin, name, "/healthz", args...)
+}
+
+func startGateway(tb testing.TB, bin, name, probe string, args ...string) *Gateway {
+	tb.Helper()
 	g := &Gateway{Name: name, tb: tb, done: make(chan struct{})}
 	g.cmd = exec.Command(bin, append([]string{"--listen", "127.0.0.1:0", "--log-level", "debug"}, args...)...)
 	g.cmd.Env = scrubbedEnv()
@@ -178,7 +190,7 @@ func StartGateway(tb testing.TB, bin, name string, args ...string) *Gateway {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		resp, err := http.Get(g.URL() + "/readyz")
+		resp, err := http.Get(g.URL() + probe)
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -119,8 +119,9 @@ func TestSecurityRedisPasswordAndTLS(t *testing.T) {
 			caFile := r.caFile
 			run := func(gname, url string) *Gateway {
 				// A generous store deadline: the first operations include the TLS handshake,
-				// and this is about authentication, not latency.
-				g := StartGateway(t, withEnv(t, bin, "SSL_CERT_FILE="+caFile), gname, "--upstream", emu.URL(), "--policies", policiesDir(t), "--redis", url, "--reload-poll", "1h",
+				// and this is about authentication, not latency. A refused store makes the
+				// gateway not ready (it says so), but it serves from its local tier.
+				g := StartGatewayLive(t, withEnv(t, bin, "SSL_CERT_FILE="+caFile), gname, "--upstream", emu.URL(), "--policies", policiesDir(t), "--redis", url, "--reload-poll", "1h",
 					"--store-timeout", "1s")
 				c := Dial(t, g.WSURL(), header("secure-redis-"+gname))
 				e := c.OK(Create(nil, User("step 1")))
@@ -142,6 +143,12 @@ func TestSecurityRedisPasswordAndTLS(t *testing.T) {
 				bad = run("untrusted-cert", r.url(password))
 			} else {
 				bad = run("wrong-password", r.url("not-the-password"))
+				// Refused credentials are a configuration the store cannot work with:
+				// /readyz says so (issue 16), the turns went on all the same.
+				resp, err := http.Get(bad.URL() + "/readyz")
+				require.NoError(t, err)
+				_ = resp.Body.Close()
+				assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 			}
 			n, err := rc.DBSize(context.Background()).Result()
 			require.NoError(t, err)

@@ -113,9 +113,12 @@ func (s *Server) drive(ctx context.Context, tr transport, lane *laneState, req *
 	}
 	scope := s.scopeOf(hdr, req, connID)
 	scope.Lane = lane.name
+	if lane.adopted {
+		scope.Session, scope.Lane = lane.storeSession, lane.storeLane
+	}
 	d := s.newTurn(ctx, tr, lane, req, scope, snap)
 	d.connID = connID
-	ctx = d.begin(ctx)
+	ctx = d.begin(ctx, hdr)
 	return d.finish(d.run(ctx))
 }
 
@@ -132,11 +135,14 @@ func (s *Server) follow(ctx context.Context, tr transport, lane *laneState, req 
 	}
 	scope := s.scopeOf(hdr, req, connID)
 	scope.Lane = lane.name
+	if lane.adopted {
+		scope.Session, scope.Lane = lane.storeSession, lane.storeLane
+	}
 	d := s.newTurn(ctx, tr, lane, req, scope, snap)
 	d.connID = connID
 	d.serverStarted = true
 	d.t.Recovery.Enabled = false
-	ctx = d.begin(ctx)
+	ctx = d.begin(ctx, hdr)
 	outcome, f := d.relay(ctx, wl.watch(up), first)
 	if f != nil {
 		outcome = d.fail(ctx, f)
@@ -144,8 +150,9 @@ func (s *Server) follow(ctx context.Context, tr transport, lane *laneState, req 
 	return d.finish(outcome)
 }
 
-// begin hands the turn to the hooks, whose context it carries from then on.
-func (d *turn) begin(ctx context.Context) context.Context {
+// begin hands the turn to the hooks, whose context it carries from then on; hdr are the
+// client's request or handshake headers.
+func (d *turn) begin(ctx context.Context, hdr http.Header) context.Context {
 	d.ctx = ctx
 	if len(d.srv.hooks) == 0 {
 		return ctx
@@ -155,7 +162,8 @@ func (d *turn) begin(ctx context.Context) context.Context {
 		store = b.Backend()
 	}
 	d.info = &TurnInfo{Transport: d.tr.kind(), Tenant: d.scope.Tenant, Session: d.scope.Session, Lane: d.lane.name,
-		Conn: d.connID, Number: d.t.Number, ServerStarted: d.serverStarted, PolicySet: d.snap.Hash, Store: store}
+		Conn: d.connID, Number: d.t.Number, ServerStarted: d.serverStarted, PolicySet: d.snap.Hash, Store: store,
+		TraceParent: hdr.Get("Traceparent"), TraceState: strings.Join(hdr.Values("Tracestate"), ",")}
 	d.ctx = d.srv.hooks.begin(ctx, d.info)
 	return d.ctx
 }

@@ -133,6 +133,17 @@ type testStore struct {
 	batches []statestore.Batch
 }
 
+// Conversation passes the conversation index through (issue 17).
+func (s *testStore) Conversation(ctx context.Context, tenant, responseID string) (statestore.Scope, statestore.Result) {
+	return s.Store.(statestore.ConversationFinder).Conversation(ctx, tenant, responseID)
+}
+
+// Prefetch passes the store's one-round-trip read through, so the tests take the path the
+// gateway takes with the real store.
+func (s *testStore) Prefetch(ctx context.Context, scope statestore.Scope, responseIDs ...string) {
+	s.Store.(statestore.Prefetcher).Prefetch(ctx, scope, responseIDs...)
+}
+
 // Commit records each batch before the real store writes it.
 func (s *testStore) Commit(ctx context.Context, b statestore.Batch) error {
 	s.mu.Lock()

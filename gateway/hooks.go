@@ -40,6 +40,9 @@ type TurnInfo struct {
 	PolicySet     string
 	// Store is the store's tier ("redis" or "local").
 	Store string
+	// TraceParent and TraceState are the client's W3C trace context headers (the request's,
+	// or the WebSocket handshake's), for a tracing hook to continue the client's trace.
+	TraceParent, TraceState string
 }
 
 // WithTurnHook adds an observer of every turn.

@@ -31,6 +31,11 @@ type laneState struct {
 	// nothing for the lane.
 	cached   string
 	cachedOn *upstreamConn
+	// adopted is set once the lane's conversation was found by a response id (issue 17):
+	// storeSession and storeLane then name its state instead of the headers' session and
+	// the lane's own name.
+	adopted                 bool
+	storeSession, storeLane string
 }
 
 // cachedBy returns what the upstream connection up holds for the lane.

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -189,6 +190,20 @@ func (s *Server) Handler() http.Handler {
 		if s.snap.Load() == nil {
 			http.Error(w, "no policy set loaded", http.StatusServiceUnavailable)
 			return
+		}
+		// A store that cannot work as configured (a URL that does not fit the server,
+		// refused credentials) is not ready; an outage is served from the local tier (fail
+		// open), so it is said, not refused: taking every instance out of rotation at once
+		// when the shared Redis blinks would be worse. chainmend_store_ready tells both.
+		if r, ok := s.store.(interface{ Ready() error }); ok {
+			if err := r.Ready(); err != nil {
+				if !errors.Is(err, statestore.ErrDegraded) {
+					http.Error(w, "state store: "+err.Error(), http.StatusServiceUnavailable)
+					return
+				}
+				_, _ = w.Write([]byte("ready (state store degraded: " + err.Error() + ")\n"))
+				return
+			}
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})

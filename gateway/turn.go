@@ -56,6 +56,8 @@ type turn struct {
 	stored   []statestore.ReplayItem
 	forked   bool
 	forkFrom string
+	// found is set when the conversation was found by the response the create chains to.
+	found bool
 }
 
 // fork seeds a new lane from the lane it forks: a create on a new lane chained to another
@@ -68,6 +70,32 @@ func (d *turn) fork(ctx context.Context, lane, src *laneState, scope statestore.
 	lane.cached, lane.cachedOn = src.cached, src.cachedOn
 	d.forked, d.forkFrom = true, src.name
 	d.srv.log.Debug("lane forked", "session", scope.Session, "lane", lane.name, "from", src.name)
+}
+
+// conversationFinder finds the conversation a response belongs to (statestore.Tiered).
+type conversationFinder interface {
+	Conversation(ctx context.Context, tenant, responseID string) (statestore.Scope, statestore.Result)
+}
+
+// findConversation looks the conversation of responseID up within the turn's tenant. When it
+// is another session or lane than the headers said, the lane adopts it for the rest of the
+// connection, and its state is read in one pipelined round trip.
+func (d *turn) findConversation(ctx context.Context, responseID string) (statestore.Scope, bool) {
+	f, ok := d.srv.store.(conversationFinder)
+	if !ok {
+		return statestore.Scope{}, false
+	}
+	found, res := f.Conversation(ctx, d.scope.Tenant, responseID)
+	if res != statestore.Hit || found.Tenant != d.scope.Tenant || (found.Session == d.scope.Session && found.Lane == d.scope.Lane) {
+		return statestore.Scope{}, false
+	}
+	d.lane.storeSession, d.lane.storeLane, d.lane.adopted = found.Session, found.Lane, true
+	if p, ok := d.srv.store.(statestore.Prefetcher); ok {
+		p.Prefetch(ctx, found, responseID)
+	}
+	d.found = true
+	d.srv.log.Debug("conversation found by response id", "lane", d.lane.name, "session", found.Session, "stored_lane", found.Lane)
+	return found, true
 }
 
 // newTurn reads the lane's state and the store and builds the turn context (ARCHITECTURE:
@@ -101,6 +129,20 @@ func (s *Server) newTurn(ctx context.Context, tr transport, lane *laneState, req
 		}
 		if a, res := s.store.Anchor(ctx, scope); res == statestore.Hit {
 			t.Anchor = a
+		}
+		if prev := req.PreviousResponseID(); t.Anchor == "" && prev != "" && !d.forked {
+			// The headers named no conversation with an anchor (a client without session
+			// headers that reconnected, to this instance or another): the response it
+			// chains to names it, within its tenant (issue 17). A full create (no prev) is
+			// never matched: it is self-contained.
+			if found, ok := d.findConversation(ctx, prev); ok {
+				scope = found
+				d.scope, d.batch.Scope = found, found
+				t.Lane = lane.name
+				if a, res := s.store.Anchor(ctx, scope); res == statestore.Hit {
+					t.Anchor = a
+				}
+			}
 		}
 	} else {
 		t.Anchor = lane.anchor

@@ -91,7 +91,7 @@ func BenchmarkReadThrough(b *testing.B) {
 		}
 	}
 	rawGet := func() {
-		if _, err := s.rdb.Get(ctx, key).Bytes(); err != nil {
+		if _, err := s.client().Get(ctx, key).Bytes(); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -15,17 +15,18 @@ import (
 type lkey struct {
 	kind   Kind
 	tenant string
-	id     string // response id for KindPending, session for the others
+	id     string // response id for KindPending and KindConversation, session for the others
 }
 
 // Redis keys. The part in braces is the Cluster hash tag: all keys of one
 // session (anchor, replay list, replay meta) share a slot, so a turn's session
-// writes and the replay script stay on one node; a response's pending key has
-// its own tag. Every suffix ends differently, so no id can make two keys of
-// different kinds or sessions collide.
+// writes and the replay script stay on one node; a response's keys (its pending
+// calls and its conversation) share a tag of their own. Every suffix ends
+// differently, so no id can make two keys of different kinds or sessions collide.
 const (
 	keyPrefix        = "cm:{t:"
 	suffixPending    = "}:pending"
+	suffixConv       = "}:conv"
 	suffixAnchor     = "}:anchor"
 	suffixReplay     = "}:replay"
 	suffixReplayMeta = "}:replaymeta"
@@ -33,6 +34,12 @@ const (
 
 func pendingKey(tenant, responseID string) string {
 	return keyPrefix + tenant + ":r:" + responseID + suffixPending
+}
+
+// convKey is next to the response's pending key (same hash tag), so a commit's
+// two writes about one response go to one Cluster node.
+func convKey(tenant, responseID string) string {
+	return keyPrefix + tenant + ":r:" + responseID + suffixConv
 }
 
 func sessionKey(tenant, session, suffix string) string {
@@ -46,6 +53,8 @@ func (k lkey) redisKey() string {
 		return pendingKey(k.tenant, k.id)
 	case KindAnchor:
 		return sessionKey(k.tenant, k.id, suffixAnchor)
+	case KindConversation:
+		return convKey(k.tenant, k.id)
 	default:
 		return sessionKey(k.tenant, k.id, suffixReplay)
 	}
@@ -58,7 +67,8 @@ func (k lkey) redisKey() string {
 //
 // Pending payload: per call a kind code and the length-prefixed call id. An
 // empty list is a valid payload, which keeps "known: nothing pending"
-// distinct from a missing key. Anchor payload: the response id.
+// distinct from a missing key. Anchor payload: the response id. Conversation
+// payload: the length-prefixed session, then the lane.
 const valueVersion = '1'
 
 var errCorrupt = errors.New("statestore: corrupt value")
@@ -162,6 +172,25 @@ func encodeAnchor(id string, expiresMs int64) []byte {
 func decodeAnchor(s string) (id string, expiresMs int64, err error) {
 	expiresMs, id, err = readHeader(s)
 	return id, expiresMs, err
+}
+
+func encodeConv(session, lane string, expiresMs int64) []byte {
+	b := appendHeader(make([]byte, 0, 1+2*binary.MaxVarintLen64+len(session)+len(lane)), expiresMs)
+	b = binary.AppendUvarint(b, uint64(len(session)))
+	b = append(b, session...)
+	return append(b, lane...)
+}
+
+func decodeConv(s string) (session, lane string, expiresMs int64, err error) {
+	expiresMs, s, err = readHeader(s)
+	if err != nil {
+		return "", "", 0, err
+	}
+	session, lane, ok := readString(s)
+	if !ok || session == "" {
+		return "", "", 0, errCorrupt
+	}
+	return session, lane, expiresMs, nil
 }
 
 // readString reads a uvarint length and that many bytes.

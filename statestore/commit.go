@@ -35,8 +35,8 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		return err
 	}
 	tenant, session := strings.Clone(b.Scope.Tenant), strings.Clone(b.Scope.id())
-	remote := s.rdb != nil
-	written := make([]keyEntry, 0, 3+len(b.DeletePending))
+	remote := s.target != nil
+	written := make([]keyEntry, 0, 4+len(b.DeletePending))
 	var touched []lkey
 	var rw *replayWrite
 
@@ -54,6 +54,17 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		t.putLocked(k, e)
 		written = append(written, keyEntry{k, e})
 		touched = append(touched, k)
+		if b.Scope.Session != "" {
+			// The response leads to its conversation (issue 17): a client that chains to
+			// it without naming its session still finds the session's state.
+			ck := lkey{kind: KindConversation, tenant: tenant, id: k.id}
+			sess, lane := strings.Clone(b.Scope.Session), strings.Clone(b.Scope.Lane)
+			ce := &entry{expires: now + int64(s.cfg.ttl[KindConversation]), size: convSize(sess, lane),
+				session: sess, lane: lane, unconfirmed: remote}
+			t.putLocked(ck, ce)
+			written = append(written, keyEntry{ck, ce})
+			touched = append(touched, ck)
+		}
 	}
 	for _, id := range b.DeletePending {
 		// Keep a "known: gone" marker: this instance must not fall back to
@@ -232,14 +243,18 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 			replayArgs = append(replayArgs, encodeReplayItem(it))
 		}
 	}
-	var pendingVal, anchorVal []byte
+	var pendingVal, anchorVal, convVal []byte
 	var pendingTTL time.Duration
+	convTTL := s.cfg.ttl[KindConversation]
 	if p := b.PutPending; p != nil {
 		pendingTTL = p.TTL
 		if pendingTTL <= 0 {
 			pendingTTL = s.cfg.ttl[KindPending]
 		}
 		pendingVal = encodePending(p.Calls, expiryMs(pendingTTL))
+		if b.Scope.Session != "" {
+			convVal = encodeConv(b.Scope.Session, b.Scope.Lane, expiryMs(convTTL))
+		}
 	}
 	if b.Anchor != nil && *b.Anchor != "" {
 		anchorVal = encodeAnchor(*b.Anchor, expiryMs(s.cfg.ttl[KindAnchor]))
@@ -247,14 +262,18 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 	// On a Cluster the pipeline runs on several nodes in parallel, so the
 	// announcement could overtake the writes and let another instance
 	// re-read the old value; there it follows the writes instead.
-	publishInline := !s.sharded
+	publishInline := !s.sharded()
 	useEval := false
 	var res []any
 	err := s.do(ctx, opCommit, func(ctx context.Context) error {
 		var script *redis.Cmd
-		cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmds, err := s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
 			if b.PutPending != nil {
 				p.Set(ctx, pendingKey(b.Scope.Tenant, b.PutPending.ResponseID), pendingVal, pendingTTL)
+				if convVal != nil {
+					// Same hash tag as the pending key: one more write in the same pipeline.
+					p.Set(ctx, convKey(b.Scope.Tenant, b.PutPending.ResponseID), convVal, convTTL)
+				}
 			}
 			for _, id := range b.DeletePending {
 				p.Del(ctx, pendingKey(b.Scope.Tenant, id))
@@ -296,7 +315,7 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 			// First use on this server (or after a restart): send the
 			// source once; the token keeps a repeat harmless.
 			useEval = true
-			cmds, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			cmds, err = s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
 				script = replayScript.Eval(ctx, p, replayKeys, replayArgs...)
 				if publishInline {
 					s.publish(ctx, p, msg) // again: the first one overtook the replay write
@@ -321,7 +340,8 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 }
 
 func (s *Tiered) publish(ctx context.Context, p redis.Pipeliner, msg string) {
-	if s.sharded {
+	s.published.Add(1)
+	if s.sharded() {
 		p.SPublish(ctx, s.cfg.channel, msg)
 	} else {
 		p.Publish(ctx, s.cfg.channel, msg)
@@ -329,10 +349,11 @@ func (s *Tiered) publish(ctx context.Context, p redis.Pipeliner, msg string) {
 }
 
 func (s *Tiered) publishNow(ctx context.Context, msg string) error {
-	if s.sharded {
-		return s.rdb.SPublish(ctx, s.cfg.channel, msg).Err()
+	s.published.Add(1)
+	if s.sharded() {
+		return s.client().SPublish(ctx, s.cfg.channel, msg).Err()
 	}
-	return s.rdb.Publish(ctx, s.cfg.channel, msg).Err()
+	return s.client().Publish(ctx, s.cfg.channel, msg).Err()
 }
 
 // checkReplay compares the local copy with what the replay script reports.

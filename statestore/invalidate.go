@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,6 +26,12 @@ const (
 // copy Redis holds may be stale.
 func (s *Tiered) subscribeLoop(ctx context.Context) {
 	defer close(s.subDone)
+	defer s.setSubLive(false)
+	select {
+	case <-s.verified: // the subscription needs the client that fits
+	case <-ctx.Done():
+		return
+	}
 	subscribedBefore := false
 	live := false // logs a loss once per outage, not once per retry
 	backoff := minBackoff
@@ -51,6 +59,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 				s.metrics.redisErrors[opSubscribe].Inc()
 				if live {
 					s.log.Warn("invalidation subscription lost; will flush the local tier when it is back", "err", err)
+					s.setSubLive(false)
 				}
 				live = false
 				break receive
@@ -62,6 +71,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 					// slot moved): subscribe afresh.
 					s.log.Warn("invalidation subscription ended by the server", "kind", m.Kind)
 					live = false
+					s.setSubLive(false)
 					break receive
 				}
 				if subscribedBefore {
@@ -71,6 +81,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 					s.kickWriteback()
 				}
 				subscribedBefore, live = true, true
+				s.setSubLive(true)
 				backoff = minBackoff
 				if !readyOnce {
 					readyOnce = true
@@ -94,10 +105,10 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 // confirmation arrives through Receive.
 func (s *Tiered) openSubscription(ctx context.Context) *redis.PubSub {
 	var ps *redis.PubSub
-	if s.sharded {
-		ps = s.rdb.SSubscribe(ctx, s.cfg.channel)
+	if s.sharded() {
+		ps = s.client().SSubscribe(ctx, s.cfg.channel)
 	} else {
-		ps = s.rdb.Subscribe(ctx, s.cfg.channel)
+		ps = s.client().Subscribe(ctx, s.cfg.channel)
 	}
 	if !s.setSubscription(ps) {
 		_ = ps.Close()
@@ -128,6 +139,11 @@ func (s *Tiered) invalidate(payload string) {
 	if from == s.cfg.instanceID {
 		return // our own write: the local tier already has it
 	}
+	n, ok := s.heard.Load(from)
+	if !ok {
+		n, _ = s.heard.LoadOrStore(strings.Clone(from), new(atomic.Int64))
+	}
+	n.(*atomic.Int64).Add(1)
 	for _, k := range keys {
 		s.local.remove(k)
 	}

@@ -9,9 +9,9 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
-// entry is one value of the local tier. Exactly one of calls, anchor and
-// replay is meaningful, chosen by the key's kind; neg marks a value known not
-// to exist.
+// entry is one value of the local tier. Exactly one of calls, anchor, replay
+// and the conversation (session, lane) is meaningful, chosen by the key's kind;
+// neg marks a value known not to exist.
 type entry struct {
 	expires int64 // nanoseconds since the tier's epoch
 	size    int
@@ -23,6 +23,8 @@ type entry struct {
 	calls       []Call
 	anchor      string
 	replay      *replayState
+	// session and lane are a KindConversation value.
+	session, lane string
 }
 
 // entryOverhead approximates the bookkeeping memory of one entry (list
@@ -174,6 +176,17 @@ func (t *localTier) anchor(k lkey) (id string, neg, ok bool) {
 	return id, neg, ok
 }
 
+func (t *localTier) conversation(k lkey) (session, lane string, neg, ok bool) {
+	now := t.now()
+	t.mu.Lock()
+	e, ok := t.lookupLocked(k, now)
+	if ok {
+		session, lane, neg = e.session, e.lane, e.neg
+	}
+	t.mu.Unlock()
+	return session, lane, neg, ok
+}
+
 func (t *localTier) replay(k lkey) (tr Transcript, neg, ok bool) {
 	now := t.now()
 	t.mu.Lock()
@@ -320,6 +333,8 @@ func (t *localTier) has(k lkey) bool {
 	_, ok := t.peekLocked(k, now)
 	return ok
 }
+
+func convSize(session, lane string) int { return entryOverhead + len(session) + len(lane) }
 
 func callsSize(calls []Call) int {
 	n := entryOverhead

@@ -23,16 +23,15 @@ const (
 	opPending op = iota
 	opAnchor
 	opReplay
+	opConversation
 	opCommit
 	opSubscribe
 	opWriteback
+	opHealth
 	numOps
 )
 
-var opNames = [numOps]string{"pending", "anchor", "replay", "commit", "subscribe", "writeback"}
-
-// opOfKind maps a read kind to its op label.
-func opOfKind(k Kind) op { return op(k) }
+var opNames = [numOps]string{"pending", "anchor", "replay", "conversation", "commit", "subscribe", "writeback", "health"}
 
 // Breaker state gauge values: higher is worse.
 const (
@@ -48,6 +47,7 @@ type metrics struct {
 	redisErrors   [numOps]prometheus.Counter
 	redisSkipped  [numOps]prometheus.Counter
 	breakerState  prometheus.Gauge
+	ready         prometheus.Gauge
 	invalSent     prometheus.Counter
 	invalReceived prometheus.Counter
 	flushes       prometheus.Counter
@@ -109,6 +109,10 @@ func newMetrics(reg prometheus.Registerer, local *localTier) (*metrics, error) {
 		Namespace: namespace, Name: "breaker_state",
 		Help: "Redis circuit breaker state: 0 closed, 1 half-open, 2 open.",
 	})
+	m.ready = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "ready",
+		Help: "1 when the store works as configured (always, local-only), 0 when not: Redis not reached yet, a URL that does not fit the server, breaker open, failed health check or invalidation subscription down; the log names the cause.",
+	})
 	m.invalSent = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "invalidations_sent_total",
 		Help: "Keys announced as changed to other instances.",
@@ -151,7 +155,7 @@ func newMetrics(reg prometheus.Registerer, local *localTier) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	collectors := []prometheus.Collector{lookups, errs, skipped, m.breakerState, m.invalSent,
+	collectors := []prometheus.Collector{lookups, errs, skipped, m.breakerState, m.ready, m.invalSent,
 		m.invalReceived, m.flushes, commits, m.replayTrims, writebacks, entries, bytes}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {

@@ -29,6 +29,7 @@ type config struct {
 	redisURL        string
 	redisHooks      []redis.Hook
 	ttl             [numKinds]time.Duration
+	convTTLSet      bool // KindConversation's TTL was set; else it follows KindAnchor's
 	localEntries    int
 	localBytes      int
 	hotTTL          time.Duration
@@ -40,6 +41,7 @@ type config struct {
 	logger          *slog.Logger
 	instanceID      string
 	channel         string
+	healthEvery     time.Duration
 }
 
 func defaultConfig() config {
@@ -52,6 +54,7 @@ func defaultConfig() config {
 		breakerFailures: DefaultBreakerFailures,
 		breakerCooldown: DefaultBreakerCooldown,
 		channel:         "cm:inval",
+		healthEvery:     DefaultHealthEvery,
 	}
 	for k := range c.ttl {
 		c.ttl[k] = DefaultTTL
@@ -67,22 +70,49 @@ func WithRedisHook(h redis.Hook) Option {
 
 // WithRedisURL enables the Redis tier. Accepted forms:
 //
-//	redis://[user:pass@]host:port[/db][?options]     standalone (rediss:// for TLS)
-//	redis://…?master_name=NAME[&addr=host:port…]     Sentinel (the authority and
-//	                                                 addr= name the sentinels)
-//	redis+sentinel://… / rediss+sentinel://…         Sentinel, explicitly
-//	redis+cluster://host:port[?addr=host:port…]      Cluster (rediss+cluster:// for TLS)
+//	redis://[user:pass@]host:port[/db][?options]   one node; the server decides
+//	                                               (rediss:// for TLS, unix:///path)
+//	redis://host:port?addr=host:port&addr=…        Cluster (go-redis's ParseClusterURL form)
+//	redis+cluster://host:port[?addr=host:port…]    Cluster, explicitly (rediss+cluster://)
+//	host:port,host:port,…                          Cluster: a comma-separated node list, of
+//	redis://h1:p1,redis://h2:p2,…                  addresses or URLs with the same scheme,
+//	redis://[user:pass@]h1:p1,h2:p2/0?options      credentials and options, or one URL with
+//	                                               several hosts
+//	redis://host:port?master_name=NAME[&addr=…]    Sentinel (the nodes are the Sentinels)
+//	redis+sentinel://host:port[,…]?master_name=NAME  Sentinel, explicitly (rediss+sentinel://)
 //
 // Options are go-redis URL options (pool_size, dial_timeout…). An empty URL
 // keeps the store local-only.
+//
+// Before it sends a command the store asks the server what it is (INFO:
+// redis_mode, role, a Sentinel's masters). A one-node URL that reaches a
+// Cluster node gets the cluster client; any other mismatch (a Sentinel or a
+// replica behind a one-node URL, a standalone server behind a cluster URL, a
+// master name the Sentinels do not monitor) makes New fail with an error
+// wrapping ErrRedisURL that names the form to write. A deployment that cannot
+// be reached is asked again in the background (see Ready).
 func WithRedisURL(url string) Option { return func(c *config) { c.redisURL = url } }
 
+// WithHealthCheck sets the period of the background health check of a Redis
+// store (PING, and for a standalone server that it is still a master), which
+// keeps Ready current when no turn runs. Default 2 s.
+func WithHealthCheck(every time.Duration) Option {
+	return func(c *config) {
+		if every > 0 {
+			c.healthEvery = every
+		}
+	}
+}
+
 // WithTTL sets the time to live of one kind of state, in Redis and for local
-// copies the store wrote itself. Default 1 h.
+// copies the store wrote itself. Default 1 h. KindConversation follows
+// KindAnchor unless set: a response is worth finding as long as its session's
+// anchor lives.
 func WithTTL(kind Kind, d time.Duration) Option {
 	return func(c *config) {
 		if kind < numKinds && d > 0 {
 			c.ttl[kind] = d
+			c.convTTLSet = c.convTTLSet || kind == KindConversation
 		}
 	}
 }

@@ -11,8 +11,9 @@ import (
 // in one round trip ahead of the individual reads. *Tiered implements it.
 type Prefetcher interface {
 	// Prefetch reads whatever the local tier lacks of the session's anchor, its replay
-	// transcript and the pending calls of responseIDs, and keeps it locally, so that the
-	// Anchor, Replay and Pending calls that follow are local hits.
+	// transcript, and the pending calls and conversation of responseIDs, and keeps it
+	// locally, so that the Anchor, Replay, Pending and Conversation calls that follow are
+	// local hits.
 	Prefetch(ctx context.Context, scope Scope, responseIDs ...string)
 }
 
@@ -36,7 +37,7 @@ var _ Prefetcher = (*Tiered)(nil)
 // (1 in 256 per pair), keeping the first looks like a change to the second, which is then
 // not kept and costs its own read later: never a stale value, only a round trip.
 func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...string) {
-	if s.rdb == nil || scope.Tenant == "" {
+	if s.target == nil || scope.Tenant == "" {
 		return
 	}
 	type pend struct {
@@ -54,7 +55,7 @@ func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...strin
 		anchorCmd    *redis.StringCmd
 		lrange       *redis.StringSliceCmd
 		hmget        *redis.SliceCmd
-		pendingArray [2]pend
+		pendingArray [4]pend
 	)
 	if needSession {
 		if _, _, ok := s.local.anchor(ak); !ok {
@@ -73,17 +74,23 @@ func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...strin
 		if _, _, ok := s.local.pending(k); !ok {
 			pends = append(pends, pend{k: k, gen: s.local.generation(k)})
 		}
+		// The response's conversation too, so that a Conversation call for a request whose
+		// headers named no session is answered locally.
+		k.kind = KindConversation
+		if _, _, _, ok := s.local.conversation(k); !ok {
+			pends = append(pends, pend{k: k, gen: s.local.generation(k)})
+		}
 	}
 	if !needAnchor && !needReplay && len(pends) == 0 {
 		return
 	}
 	err := s.do(ctx, opAnchor, func(ctx context.Context) error {
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, err := s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
 			if needAnchor {
 				anchorCmd = p.Get(ctx, sessionKey(scope.Tenant, scope.id(), suffixAnchor))
 			}
 			for i := range pends {
-				pends[i].cmd = p.Get(ctx, pendingKey(scope.Tenant, pends[i].k.id))
+				pends[i].cmd = p.Get(ctx, pends[i].k.redisKey())
 			}
 			if needReplay {
 				lrange = p.LRange(ctx, sessionKey(scope.Tenant, scope.id(), suffixReplay), 0, -1)
@@ -103,7 +110,11 @@ func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...strin
 		s.anchorFrom(ak, agen, anchorCmd.Val(), anchorCmd.Err())
 	}
 	for _, p := range pends {
-		s.pendingFrom(p.k, p.gen, p.cmd.Val(), p.cmd.Err())
+		if p.k.kind == KindConversation {
+			s.conversationFrom(p.k, p.gen, p.cmd.Val(), p.cmd.Err())
+		} else {
+			s.pendingFrom(p.k, p.gen, p.cmd.Val(), p.cmd.Err())
+		}
 	}
 	if lrange != nil {
 		err := lrange.Err()

@@ -40,13 +40,12 @@ func TestPrefetch(t *testing.T) {
 		t.Run(e.name, func(t *testing.T) {
 			ctx := context.Background()
 			ten := tenant(t)
-			keys := []lkey{{KindAnchor, ten, "s"}, {KindPending, ten, "resp_1"}, {KindReplay, ten, "s"}}
+			keys := []lkey{{KindAnchor, ten, "s"}, {KindPending, ten, "resp_1"}, {KindReplay, ten, "s"}, {KindConversation, ten, "resp_1"}}
 			// Keys that share a backfill-generation slot (1 in 256 per pair, by the
 			// store's random seed) make the prefetch skip keeping the later one, which
 			// only costs a read later (see Prefetch); the test wants the common case.
 			a, b := e.store(t), e.store(t)
-			for i := 0; i < 20 && (b.local.slot(keys[0]) == b.local.slot(keys[1]) || b.local.slot(keys[0]) == b.local.slot(keys[2]) ||
-				b.local.slot(keys[1]) == b.local.slot(keys[2])); i++ {
+			for i := 0; i < 20 && sharedSlot(b, keys); i++ {
 				b = e.store(t)
 			}
 			sc := Scope{Tenant: ten, Session: "s"}
@@ -54,7 +53,7 @@ func TestPrefetch(t *testing.T) {
 				Anchor: strp("resp_1"), ReplayReset: true, ReplayAppend: []ReplayItem{item("message", "", 20)}, ReplayLastResponseID: "resp_1"}))
 			settle(t, a, b)
 			rt := &roundTrips{}
-			b.rdb.AddHook(rt)
+			b.client().AddHook(rt)
 			held := func() bool {
 				for _, k := range keys {
 					if !b.local.has(k) {
@@ -87,6 +86,9 @@ func TestPrefetch(t *testing.T) {
 			assert.Equal(t, Hit, r)
 			assert.Len(t, tr.Items, 1)
 			assert.Equal(t, "resp_1", tr.LastResponseID)
+			found, r := b.Conversation(ctx, ten, "resp_1")
+			assert.Equal(t, Hit, r)
+			assert.Equal(t, sc, found)
 			assert.Equal(t, int64(1), rt.n.Load(), "the reads after the prefetch are local")
 			for k := Kind(0); k < numKinds; k++ {
 				assert.GreaterOrEqual(t, lookups(b, k, tierRedis, Hit), 1.0, k.String())
@@ -122,6 +124,18 @@ func TestPrefetch(t *testing.T) {
 			assert.Equal(t, Miss, r)
 		})
 	}
+}
+
+// sharedSlot reports whether two of keys share a backfill-generation slot of s.
+func sharedSlot(s *Tiered, keys []lkey) bool {
+	for i := range keys {
+		for j := i + 1; j < len(keys); j++ {
+			if s.local.slot(keys[i]) == s.local.slot(keys[j]) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func TestPrefetchLocalOnly(t *testing.T) {

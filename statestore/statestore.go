@@ -14,6 +14,13 @@
 // local copy, and a circuit breaker stops waiting on a dead server. Without a
 // Redis URL the same API works on the local tier alone.
 //
+// A Redis URL may be written any way go-redis users write one (WithRedisURL).
+// Before its first command the store asks the server what it is and uses the
+// client that fits, or refuses a URL that does not fit with the form to write
+// (detect.go). It never serves silently degraded: Ready, the gauge
+// chainmend_store_ready and one log line per change say when, and why, it does
+// not work as configured (ready.go).
+//
 // Keys are scoped by tenant and by session (Scope); how a request's tenant and
 // session are told is the gateway's decision, not the store's. A tenant id
 // must be a fixed-length hash (never a credential): it ends up in Redis keys.
@@ -59,7 +66,7 @@ func (r Result) String() string {
 	}
 }
 
-// Kind names one of the three kinds of state, for per-kind options.
+// Kind names one of the kinds of state, for per-kind options and metric labels.
 type Kind uint8
 
 const (
@@ -69,10 +76,13 @@ const (
 	KindAnchor
 	// KindReplay is the replay transcript.
 	KindReplay
+	// KindConversation is the index from a response to the conversation (session, lane) whose
+	// state it belongs to.
+	KindConversation
 	numKinds
 )
 
-// String returns "pending", "anchor" or "replay".
+// String returns "pending", "anchor", "replay" or "conversation".
 func (k Kind) String() string {
 	switch k {
 	case KindPending:
@@ -81,6 +91,8 @@ func (k Kind) String() string {
 		return "anchor"
 	case KindReplay:
 		return "replay"
+	case KindConversation:
+		return "conversation"
 	default:
 		return "invalid"
 	}
@@ -150,6 +162,13 @@ type Store interface {
 	Close() error
 }
 
+// ConversationFinder is implemented by *Tiered.
+type ConversationFinder interface {
+	// Conversation returns the scope (Tenant as given, Session and Lane) whose state
+	// responseID belongs to, within tenant: Hit, Miss, or Unknown (Redis trouble).
+	Conversation(ctx context.Context, tenant, responseID string) (Scope, Result)
+}
+
 // PendingPut records the calls a response left unanswered.
 type PendingPut struct {
 	// ResponseID is the response that produced the calls.
@@ -166,7 +185,9 @@ type PendingPut struct {
 type Batch struct {
 	// Scope is the session the turn belongs to.
 	Scope Scope
-	// PutPending records the calls of the response that just ended.
+	// PutPending records the calls of the response that just ended. With a session in
+	// Scope it also indexes the response to the conversation (KindConversation), so that a
+	// client that chains to it without naming its session finds the session's state.
 	PutPending *PendingPut
 	// DeletePending lists response ids whose calls this turn answered.
 	DeletePending []string

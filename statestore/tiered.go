@@ -30,11 +30,27 @@ type Tiered struct {
 	metrics *metrics
 	breaker *breaker
 
-	rdb     redis.UniversalClient // nil: local-only
-	backend string
-	sharded bool // sharded pub/sub (Cluster)
+	// target is the parsed Redis URL; nil: local-only.
+	target *target
+	// conn is the client that fits the deployment, nil until it has said
+	// what it is (detect.go); operations are skipped until then.
+	conn atomic.Pointer[conn]
+	// verified is closed when conn is set.
+	verified chan struct{}
+	// breakerState mirrors the breaker's state for Ready, which must not
+	// wait on the breaker's lock (its callback reports readiness).
+	breakerState atomic.Int32
+	ready        readiness
+	monDone      chan struct{}
 
 	tokens atomic.Uint64 // replay write tokens
+
+	// published counts the announcements this instance sent, and heard the
+	// ones it received per sender, so that a test can wait until one
+	// instance has heard everything another said (a commit that loads the
+	// replay script announces twice, which key counts cannot tell).
+	published atomic.Int64
+	heard     sync.Map // instance id → *atomic.Int64
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -57,13 +73,22 @@ var _ Store = (*Tiered)(nil)
 // an unreachable Redis must not hold up the gateway's start.
 const subscribeWait = time.Second
 
-// New returns a store. Without WithRedisURL it is local-only. An unreachable
-// Redis is not an error (the store starts degraded and recovers on its own);
-// an invalid URL or a metrics registration conflict is.
+// New returns a store. Without WithRedisURL it is local-only.
+//
+// With Redis, New first asks the deployment what it is (see WithRedisURL) and
+// picks the client that fits; a URL that does not fit the server (a Sentinel
+// or a replica behind redis://, a standalone server behind a cluster URL, an
+// unknown master name) is an error naming the URL form to use. An unreachable
+// Redis is not an error: the store starts not ready (see Ready), keeps asking
+// in the background, and meanwhile serves from the local tier. An invalid URL
+// or a metrics registration conflict is an error too.
 func New(opts ...Option) (*Tiered, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
 		o(&cfg)
+	}
+	if !cfg.convTTLSet {
+		cfg.ttl[KindConversation] = cfg.ttl[KindAnchor]
 	}
 	if cfg.instanceID == "" {
 		cfg.instanceID = randomID()
@@ -72,60 +97,95 @@ func New(opts ...Option) (*Tiered, error) {
 		return nil, errors.New("statestore: instance id must not contain a newline")
 	}
 	s := &Tiered{
-		cfg:     cfg,
-		log:     cfg.logger,
-		local:   newLocalTier(cfg.localEntries, cfg.localBytes),
-		backend: backendLocal,
+		cfg:   cfg,
+		log:   cfg.logger,
+		local: newLocalTier(cfg.localEntries, cfg.localBytes),
 	}
+	s.ready.logged = causeUnlogged
+	s.ready.starting = true
 	if s.log == nil {
 		s.log = slog.Default()
 	}
 	s.log = s.log.With("component", "statestore")
+	var first verdict
 	if cfg.redisURL != "" {
-		// The client does not connect yet; building it first means a bad
-		// URL leaves no metrics registered behind.
 		var err error
-		if s.rdb, s.backend, err = newRedisClient(cfg.redisURL); err != nil {
+		if s.target, err = parseTarget(cfg.redisURL); err != nil {
 			return nil, err
 		}
-		for _, h := range cfg.redisHooks {
-			s.rdb.AddHook(h)
+		// Asked before anything is registered, so that a refusal leaves
+		// nothing behind.
+		ctx, cancel := context.WithTimeout(context.Background(), startProbeWait)
+		first = verify(ctx, s.target)
+		cancel()
+		if first.refuse {
+			return nil, first.err
 		}
-		s.sharded = s.backend == backendCluster
 	}
 	m, err := newMetrics(cfg.registerer, s.local)
 	if err != nil {
-		if s.rdb != nil {
-			_ = s.rdb.Close()
+		if first.conn != nil {
+			_ = first.conn.close()
 		}
 		return nil, err
 	}
 	s.metrics = m
 	s.breaker = newBreaker(cfg.breakerFailures, cfg.breakerCooldown, s.breakerChanged)
-	if s.rdb == nil {
+	if s.target == nil {
+		s.started()
 		s.log.Info("state store is local-only (no redis URL)")
 		return s, nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stop = cancel
+	s.verified = make(chan struct{})
 	s.subDone = make(chan struct{})
 	s.subReady = make(chan struct{})
 	s.wbKick = make(chan struct{}, 1)
 	s.wbDone = make(chan struct{})
+	s.monDone = make(chan struct{})
+	if first.conn != nil {
+		s.install(first)
+	} else {
+		s.setProbeErr(first.err)
+	}
 	go s.subscribeLoop(ctx)
 	go s.writebackLoop(ctx)
-	select {
-	case <-s.subReady:
-	case <-time.After(subscribeWait):
-		s.log.Warn("invalidation subscription not ready; continuing, it retries in the background")
+	go s.monitor(ctx)
+	if first.conn != nil {
+		select {
+		case <-s.subReady:
+		case <-time.After(subscribeWait):
+			s.log.Warn("invalidation subscription not ready; continuing, it retries in the background")
+		}
 	}
-	s.log.Info("state store ready", "backend", s.backend, "instance", cfg.instanceID)
+	s.log.Info("state store started", "backend", s.Backend(), "redis", s.target.display(), "instance", cfg.instanceID)
+	s.started()
 	return s, nil
 }
 
 // Backend names the remote tier: "local" (none), "standalone", "sentinel" or
-// "cluster".
-func (s *Tiered) Backend() string { return s.backend }
+// "cluster". Until the deployment has said what it is, it is what the URL
+// names.
+func (s *Tiered) Backend() string {
+	if c := s.conn.Load(); c != nil {
+		return c.backend
+	}
+	if s.target != nil {
+		return s.target.backend
+	}
+	return backendLocal
+}
+
+// client returns the Redis client; only for code that runs after do admitted
+// an operation (or once verified), when it is set.
+func (s *Tiered) client() redis.UniversalClient { return s.conn.Load().rdb }
+
+// sharded reports whether invalidations use sharded pub/sub (Cluster).
+func (s *Tiered) sharded() bool {
+	c := s.conn.Load()
+	return c != nil && c.sharded
+}
 
 // InstanceID returns the id this instance signs its invalidations with.
 func (s *Tiered) InstanceID() string { return s.cfg.instanceID }
@@ -136,7 +196,8 @@ func (s *Tiered) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
-		if s.rdb == nil {
+		defer s.refreshReady()
+		if s.target == nil {
 			return
 		}
 		s.stop()
@@ -147,6 +208,11 @@ func (s *Tiered) Close() error {
 		s.subMu.Unlock()
 		<-s.subDone
 		<-s.wbDone
+		<-s.monDone
+		c := s.conn.Load()
+		if c == nil {
+			return // never reached: nothing to write back to
+		}
 		// A last write-back, so that what only this instance holds is not
 		// lost with it.
 		fctx, cancel := context.WithTimeout(context.Background(), closeWritebackWait)
@@ -154,13 +220,14 @@ func (s *Tiered) Close() error {
 			s.log.Warn("state committed while redis was unreachable was not written back before close", "err", werr)
 		}
 		cancel()
-		err = s.rdb.Close()
+		err = c.close()
 	})
 	return err
 }
 
 func (s *Tiered) breakerChanged(from, to int) {
 	s.metrics.breakerState.Set(float64(to))
+	s.breakerState.Store(int32(to))
 	switch to {
 	case breakerOpen:
 		if from == breakerClosed {
@@ -170,6 +237,7 @@ func (s *Tiered) breakerChanged(from, to int) {
 		s.log.Info("redis circuit breaker closed: redis is back")
 		s.kickWriteback()
 	}
+	s.refreshReady()
 }
 
 func (s *Tiered) count(k Kind, tier int, r Result) { s.metrics.lookups[k][tier][r].Inc() }
@@ -180,7 +248,7 @@ func (s *Tiered) Pending(ctx context.Context, tenant, responseID string) ([]Call
 	if calls, neg, ok := s.local.pending(k); ok {
 		return s.localAnswer(k.kind, neg, calls)
 	}
-	if s.rdb == nil {
+	if s.target == nil {
 		s.count(k.kind, tierLocal, Miss)
 		return nil, Miss
 	}
@@ -193,7 +261,7 @@ func (s *Tiered) Pending(ctx context.Context, tenant, responseID string) ([]Call
 	var val string
 	err := s.do(ctx, opPending, func(ctx context.Context) error {
 		var err error
-		val, err = s.rdb.Get(ctx, key).Result()
+		val, err = s.client().Get(ctx, key).Result()
 		return err
 	})
 	return s.pendingFrom(k, gen, val, err)
@@ -252,7 +320,7 @@ func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
 		s.count(k.kind, tierLocal, Hit)
 		return id, Hit
 	}
-	if s.rdb == nil {
+	if s.target == nil {
 		s.count(k.kind, tierLocal, Miss)
 		return "", Miss
 	}
@@ -265,7 +333,7 @@ func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
 	var val string
 	err := s.do(ctx, opAnchor, func(ctx context.Context) error {
 		var err error
-		val, err = s.rdb.Get(ctx, key).Result()
+		val, err = s.client().Get(ctx, key).Result()
 		return err
 	})
 	return s.anchorFrom(k, gen, val, err)
@@ -291,6 +359,64 @@ func (s *Tiered) anchorFrom(k lkey, gen uint64, val string, err error) (string, 
 	return id, s.redisAnswer(k.kind, Hit)
 }
 
+var _ ConversationFinder = (*Tiered)(nil)
+
+// Conversation returns the conversation responseID belongs to within tenant: the scope of
+// the commit that put the response's pending calls, with Tenant as given. A response of
+// another tenant is never found: its key holds its own tenant.
+func (s *Tiered) Conversation(ctx context.Context, tenant, responseID string) (Scope, Result) {
+	k := lkey{kind: KindConversation, tenant: tenant, id: responseID}
+	if responseID == "" || tenant == "" {
+		s.count(k.kind, tierLocal, Miss)
+		return Scope{}, Miss
+	}
+	if session, lane, neg, ok := s.local.conversation(k); ok {
+		if neg {
+			s.count(k.kind, tierLocal, Miss)
+			return Scope{}, Miss
+		}
+		s.count(k.kind, tierLocal, Hit)
+		return Scope{Tenant: tenant, Session: session, Lane: lane}, Hit
+	}
+	if s.target == nil {
+		s.count(k.kind, tierLocal, Miss)
+		return Scope{}, Miss
+	}
+	if s.local.isLost(k) {
+		s.count(k.kind, tierLocal, Unknown)
+		return Scope{}, Unknown
+	}
+	gen := s.local.generation(k)
+	key := convKey(tenant, responseID)
+	var val string
+	err := s.do(ctx, opConversation, func(ctx context.Context) error {
+		var err error
+		val, err = s.client().Get(ctx, key).Result()
+		return err
+	})
+	return s.conversationFrom(k, gen, val, err)
+}
+
+// conversationFrom finishes a conversation read from Redis (Conversation, Prefetch).
+func (s *Tiered) conversationFrom(k lkey, gen uint64, val string, err error) (Scope, Result) {
+	if errors.Is(err, redis.Nil) {
+		s.backfillNeg(k, gen)
+		return Scope{}, s.redisAnswer(k.kind, Miss)
+	}
+	if err != nil {
+		return Scope{}, s.redisAnswer(k.kind, Unknown)
+	}
+	session, lane, exp, err := decodeConv(val)
+	if err != nil {
+		s.metrics.redisErrors[opConversation].Inc()
+		return Scope{}, s.redisAnswer(k.kind, Unknown)
+	}
+	if deadline, ok := s.backfillDeadline(exp); ok {
+		s.local.backfill(k, &entry{expires: deadline, size: convSize(session, lane), session: session, lane: lane}, gen)
+	}
+	return Scope{Tenant: k.tenant, Session: session, Lane: lane}, s.redisAnswer(k.kind, Hit)
+}
+
 // Replay returns the session's replay transcript. A transcript known to have
 // a gap answers Miss.
 func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
@@ -303,7 +429,7 @@ func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
 		s.count(k.kind, tierLocal, Hit)
 		return tr, Hit
 	}
-	if s.rdb == nil {
+	if s.target == nil {
 		s.count(k.kind, tierLocal, Miss)
 		return Transcript{}, Miss
 	}
@@ -318,7 +444,7 @@ func (s *Tiered) Replay(ctx context.Context, scope Scope) (Transcript, Result) {
 	var meta []any
 	err := s.do(ctx, opReplay, func(ctx context.Context) error {
 		// One slot (shared hash tag), so one node and one round trip.
-		cmds, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		cmds, err := s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
 			p.LRange(ctx, listKey, 0, -1)
 			p.HMGet(ctx, metaKey, "b", "t", "l", "x", "e")
 			return nil

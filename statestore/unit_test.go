@@ -307,30 +307,149 @@ func TestRedisURLs(t *testing.T) {
 	for _, tc := range []struct {
 		url     string
 		backend string
-		wantErr bool
+		implied bool     // one node: the server decides
+		addrs   []string // the nodes, in order
+		wantErr string   // a part of the error; "" for none
 	}{
-		{"redis://127.0.0.1:1", backendStandalone, false},
-		{"rediss://user:pw@127.0.0.1:1/2", backendStandalone, false},
-		{"redis+cluster://127.0.0.1:1?addr=127.0.0.1:2", backendCluster, false},
-		{"rediss+cluster://u:pw@127.0.0.1:1", backendCluster, false},
-		{"redis://127.0.0.1:1?master_name=m&addr=127.0.0.1:2", backendSentinel, false},
-		{"redis+sentinel://127.0.0.1:1?master_name=m", backendSentinel, false},
-		{"redis+sentinel://127.0.0.1:1", "", true},
-		{"http://127.0.0.1", "", true},
-		{"redis://u:supersecret@127.0.0.1:1/notadb", "", true},
-		{"redis://u:supersecret@[::1", "", true},
+		{url: "redis://127.0.0.1:1", backend: backendStandalone, implied: true, addrs: []string{"127.0.0.1:1"}},
+		{url: "127.0.0.1:1", backend: backendStandalone, implied: true, addrs: []string{"127.0.0.1:1"}},
+		{url: "redis://", backend: backendStandalone, implied: true, addrs: []string{"localhost:6379"}},
+		{url: "rediss://user:pw@127.0.0.1:1/2", backend: backendStandalone, implied: true, addrs: []string{"127.0.0.1:1"}},
+		{url: "redis://u:a,b@127.0.0.1:1", backend: backendStandalone, implied: true, addrs: []string{"127.0.0.1:1"}},
+		{url: "redis://127.0.0.1:1?client_name=a,b", backend: backendStandalone, implied: true, addrs: []string{"127.0.0.1:1"}},
+		{url: "unix:///run/redis.sock", backend: backendStandalone, implied: true, addrs: []string{"/run/redis.sock"}},
+		{url: "redis+cluster://127.0.0.1:1?addr=127.0.0.1:2", backend: backendCluster, addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}},
+		{url: "rediss+cluster://u:pw@127.0.0.1:1", backend: backendCluster, addrs: []string{"127.0.0.1:1"}},
+		{url: "redis+cluster://127.0.0.1:1/0", backend: backendCluster, addrs: []string{"127.0.0.1:1"}},
+		{url: "redis+cluster://127.0.0.1:1?db=0", backend: backendCluster, addrs: []string{"127.0.0.1:1"}},
+		{url: "redis://127.0.0.1:1?addr=127.0.0.1:2&addr=127.0.0.1:3", backend: backendCluster,
+			addrs: []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}},
+		{url: "127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3", backend: backendCluster,
+			addrs: []string{"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"}},
+		{url: "redis://:pw@127.0.0.1:1,redis://:pw@127.0.0.1:2", backend: backendCluster, addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}},
+		{url: "redis://:pw@127.0.0.1:1,127.0.0.1:2", backend: backendCluster, addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}},
+		{url: "redis://:pw@h1:1,h2,h3:3/0?pool_size=4", backend: backendCluster, addrs: []string{"h1:1", "h2:6379", "h3:3"}},
+		{url: "redis://127.0.0.1:1?master_name=m&addr=127.0.0.1:2", backend: backendSentinel, addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}},
+		{url: "redis+sentinel://127.0.0.1:1?master_name=m", backend: backendSentinel, addrs: []string{"127.0.0.1:1"}},
+		{url: "redis+sentinel://127.0.0.1:1,127.0.0.1:2?master_name=m", backend: backendSentinel, addrs: []string{"127.0.0.1:1", "127.0.0.1:2"}},
+		{url: "redis+sentinel://127.0.0.1:1", wantErr: "master_name"},
+		{url: "redis+cluster://127.0.0.1:1/2", wantErr: "only database 0"},
+		{url: "redis://127.0.0.1:1,127.0.0.1:2?db=3", wantErr: "only database 0"},
+		{url: "redis://:supersecret@127.0.0.1:1,redis://:other@127.0.0.1:2", wantErr: "share scheme, credentials"},
+		{url: "redis://127.0.0.1:1,rediss://127.0.0.1:2", wantErr: "share scheme, credentials"},
+		{url: "redis+shard://127.0.0.1:1", wantErr: "unknown redis URL scheme"},
+		{url: "http://127.0.0.1", wantErr: "unknown redis URL scheme"},
+		{url: "redis://u:supersecret@127.0.0.1:1/notadb", wantErr: "database number"},
+		{url: "redis://u:supersecret@[::1", wantErr: "invalid redis URL"},
+		{url: "redis://u:supersecret@127.0.0.1:1?frobnicate=1", wantErr: "unexpected option"},
+		{url: "redis://u:supersecret@h1:1,h2:x", wantErr: "invalid"},
+		{url: "  ", wantErr: "empty redis URL"},
 	} {
 		t.Run(tc.url, func(t *testing.T) {
-			c, backend, err := newRedisClient(tc.url)
-			if tc.wantErr {
+			tg, err := parseTarget(tc.url)
+			if tc.wantErr != "" {
 				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
 				assert.NotContains(t, err.Error(), "supersecret", "errors never carry the password")
 				return
 			}
 			require.NoError(t, err)
-			assert.Equal(t, tc.backend, backend)
-			_ = c.Close()
+			assert.Equal(t, tc.backend, tg.backend)
+			assert.Equal(t, tc.implied, tg.implied)
+			assert.Equal(t, tc.addrs, tg.addrs)
+			switch tg.backend {
+			case backendCluster:
+				assert.Equal(t, tc.addrs, tg.cluster.Addrs, "every node is a seed")
+			case backendSentinel:
+				assert.Equal(t, tc.addrs, tg.failover.SentinelAddrs)
+				assert.Equal(t, "m", tg.failover.MasterName)
+			}
 		})
+	}
+	// A one-node URL keeps what it would take to reach a Cluster behind it.
+	tg, err := parseTarget("rediss://u:pw@127.0.0.1:1?pool_size=3")
+	require.NoError(t, err)
+	require.NotNil(t, tg.cluster)
+	assert.Equal(t, []string{"127.0.0.1:1"}, tg.cluster.Addrs)
+	assert.Equal(t, "pw", tg.cluster.Password)
+	assert.Equal(t, 3, tg.cluster.PoolSize)
+	assert.NotNil(t, tg.cluster.TLSConfig)
+	for _, u := range []string{"redis://127.0.0.1:1/2", "unix:///run/redis.sock"} {
+		tg, err = parseTarget(u)
+		require.NoError(t, err)
+		assert.Error(t, tg.clusterErr, "%s cannot be a Cluster seed", u)
+	}
+}
+
+// TestDecide: what the store makes of each answer a server can give, for each URL form.
+func TestDecide(t *testing.T) {
+	master := nodeInfo{mode: "standalone", role: "master"}
+	replica := nodeInfo{mode: "standalone", role: "slave", master: "10.0.0.1:6379"}
+	cluster := nodeInfo{mode: "cluster", role: "master"}
+	sentinel := nodeInfo{mode: "sentinel", masters: []string{"mymaster"}}
+	for _, tc := range []struct {
+		name    string
+		url     string
+		info    nodeInfo
+		backend string // the client chosen; "" when refused
+		want    string // a part of the refusal, or of the note
+	}{
+		{"standalone master", "redis://h:1", master, backendStandalone, ""},
+		{"unknown mode", "redis://h:1", nodeInfo{}, backendStandalone, ""},
+		{"one node of a cluster", "redis://h:1", cluster, backendCluster, "redis+cluster://h:1 says so"},
+		{"one node of a cluster, TLS", "rediss://h:1", cluster, backendCluster, "rediss+cluster://h:1"},
+		{"cluster node with a database", "redis://h:1/3", cluster, "", "only database 0"},
+		{"cluster node over a socket", "unix:///s.sock", cluster, "", "over TCP"},
+		{"replica", "redis://:pw@h:1", replica, "", "read-only replica of 10.0.0.1:6379: point the URL at the master (redis://10.0.0.1:6379)"},
+		{"sentinel behind redis://", "redis://h:26379", sentinel, "", "Sentinel, not a data node: write redis+sentinel://h:1?master_name=mymaster"},
+		{"cluster URL on a cluster", "redis+cluster://h:1", cluster, backendCluster, ""},
+		{"addr= form on a standalone server", "redis://h:1?addr=h:2", master, "", "for one server write redis://h:1"},
+		{"node list on a sentinel", "h:1,h:2", sentinel, "", "redis+sentinel://h:1?master_name=mymaster"},
+		{"sentinel URL on a sentinel", "redis+sentinel://h:1?master_name=mymaster", sentinel, backendSentinel, ""},
+		{"unknown master name", "redis+sentinel://h:1?master_name=other", sentinel, "", `no master named "other" (it monitors: mymaster)`},
+		{"sentinel URL on a server", "redis+sentinel://h:1?master_name=m", master, "", "not a Sentinel: for the server itself write redis://h:1"},
+		{"sentinel URL on a cluster", "redis+sentinel://h:1?master_name=m", cluster, "", "write redis+cluster://h:1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tg, err := parseTarget(tc.url)
+			require.NoError(t, err)
+			v := tg.decide("h:1", tc.info)
+			if v.conn != nil {
+				defer v.conn.close()
+			}
+			if tc.backend == "" {
+				require.Nil(t, v.conn)
+				assert.True(t, v.refuse)
+				assert.ErrorIs(t, v.err, ErrRedisURL)
+				assert.Contains(t, v.err.Error(), tc.want)
+				assert.NotContains(t, v.err.Error(), "pw")
+				return
+			}
+			require.NotNil(t, v.conn, "%v", v.err)
+			assert.Equal(t, tc.backend, v.conn.backend)
+			assert.Equal(t, tc.backend == backendCluster, v.conn.sharded)
+			assert.Contains(t, v.note, tc.want)
+		})
+	}
+}
+
+func TestParseInfo(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		info string
+		want nodeInfo
+	}{
+		{"master", "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n# Replication\r\nrole:master\r\nconnected_slaves:0\r\n",
+			nodeInfo{mode: "standalone", role: "master"}},
+		{"replica", "redis_mode:standalone\r\nrole:slave\r\nmaster_host:10.0.0.1\r\nmaster_port:6380\r\nmaster_link_status:up\r\n",
+			nodeInfo{mode: "standalone", role: "slave", master: "10.0.0.1:6380"}},
+		{"cluster", "redis_mode:cluster\r\nrole:master\r\n# Cluster\r\ncluster_enabled:1\r\n", nodeInfo{mode: "cluster", role: "master"}},
+		{"old cluster", "role:master\r\ncluster_enabled:1\r\n", nodeInfo{mode: "cluster", role: "master"}},
+		{"sentinel", "redis_mode:sentinel\r\n# Sentinel\r\nsentinel_masters:2\r\n" +
+			"master0:name=a,status=ok,address=127.0.0.1:1,slaves=1,sentinels=1\r\nmaster1:name=b,status=odown,address=127.0.0.1:2,slaves=0,sentinels=1\r\n",
+			nodeInfo{mode: "sentinel", masters: []string{"a", "b"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { assert.Equal(t, tc.want, parseInfo(tc.info)) })
 	}
 }
 

@@ -38,8 +38,8 @@ const (
 	closeWritebackWait = time.Second
 )
 
-// guardScript writes back a pending or anchor value unless Redis holds one
-// written later (a larger expiry in its header).
+// guardScript writes back a pending, anchor or conversation value unless Redis
+// holds one written later (a larger expiry in its header).
 //
 // KEYS: key. ARGV: op ('s' set, 'd' delete), expiry unix ms, value, ttl ms.
 // It returns 1 when it wrote, 0 when a newer value was left in place.
@@ -123,6 +123,8 @@ type wbItem struct {
 	del     bool // delete (or, for a transcript, mark broken)
 	calls   []Call
 	anchor  string
+	session string // a conversation's
+	lane    string
 	items   []ReplayItem
 	last    string
 	trimmed bool
@@ -135,13 +137,13 @@ type wbItem struct {
 // writeBack writes every unconfirmed value and every lost key to Redis. again
 // reports values that changed while it ran, which a next pass should check.
 func (s *Tiered) writeBack(ctx context.Context) (again bool, err error) {
-	if s.rdb == nil {
+	if s.target == nil {
 		return false, nil
 	}
 	s.wbMu.Lock()
 	defer s.wbMu.Unlock()
 	// Redis must answer before the local tier is scanned.
-	if err := s.do(ctx, opWriteback, func(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }); err != nil {
+	if err := s.do(ctx, opWriteback, func(ctx context.Context) error { return s.client().Ping(ctx).Err() }); err != nil {
 		return false, err
 	}
 	items := s.local.dirty()
@@ -218,6 +220,8 @@ func (t *localTier) snapshot(batch []wbItem) {
 			it.del, it.calls = cur.neg, cur.calls
 		case KindAnchor:
 			it.del, it.anchor = cur.neg || cur.anchor == "", cur.anchor
+		case KindConversation:
+			it.del, it.session, it.lane = cur.neg || cur.session == "", cur.session, cur.lane
 		case KindReplay:
 			if cur.neg || cur.replay == nil || cur.replay.broken {
 				it.del = true
@@ -318,7 +322,7 @@ func (s *Tiered) runWriteback(ctx context.Context, batch []wbItem, asDelete bool
 	}
 	useEval := false
 	for attempt := 0; attempt < 2 && len(todo) > 0; attempt++ {
-		_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, _ = s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, it := range todo {
 				it.cmd = s.writebackCmd(ctx, p, it, useEval)
 			}
@@ -357,16 +361,19 @@ func (s *Tiered) writebackCmd(ctx context.Context, p redis.Pipeliner, it *wbItem
 	}
 	ttlMs := max(it.ttl.Milliseconds(), 1)
 	switch it.k.kind {
-	case KindPending, KindAnchor:
+	case KindPending, KindAnchor, KindConversation:
 		key := it.k.redisKey()
 		if it.del {
 			return run(guardScript, []string{key}, "d", it.expMs, "", ttlMs)
 		}
 		var val []byte
-		if it.k.kind == KindPending {
+		switch it.k.kind {
+		case KindPending:
 			val = encodePending(it.calls, it.expMs)
-		} else {
+		case KindAnchor:
 			val = encodeAnchor(it.anchor, it.expMs)
+		default:
+			val = encodeConv(it.session, it.lane, it.expMs)
 		}
 		return run(guardScript, []string{key}, "s", it.expMs, val, ttlMs)
 	default:

@@ -20,6 +20,9 @@ import (
 	"chainmend/statestore"
 )
 
+// traceFlushTimeout bounds the export of the last spans at exit.
+const traceFlushTimeout = 5 * time.Second
+
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "gateway:", err)
@@ -42,6 +45,23 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// Deferred before Close so that it runs after it (and after the graceful shutdown), when
+	// the last turns' spans are queued. Bounded: a collector that is down must not hold up
+	// the exit.
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), traceFlushTimeout)
+		defer cancel()
+		if err := st.ShutdownTracing(fctx); err != nil {
+			log.Warn("spans not exported at exit", "err", err)
+		}
+	}()
+	// The decision log's queued records are written after the last turns (runs before the
+	// span flush above, after Close below).
+	defer func() {
+		if err := st.CloseDecisionLog(); err != nil {
+			log.Warn("decision log not closed cleanly", "err", err)
+		}
+	}()
 	defer srv.Close()
 	if diags, err := reloader.Reload(); err != nil {
 		return err

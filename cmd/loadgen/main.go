@@ -1,6 +1,7 @@
 // Command loadgen is the side-by-side load tool (issue 7): Codex-shaped conversations
-// against the upstream emulator, direct and through the gateway, interleaved in one run.
-// See internal/loadgen and BENCHMARKS.md ("Gateway path", "Lanes"); `make load` runs it,
+// against the upstream emulator, direct, through the gateway and through the floor (a raw
+// TCP copy proxy, issue 14), interleaved in one run. See internal/loadgen and
+// BENCHMARKS.md ("Against the floor", "Gateway path", "Lanes"); `make load` runs it,
 // `--only lanes` only the lanes phases.
 package main
 

@@ -175,7 +175,7 @@ var cpuClient = &http.Client{Timeout: 5 * time.Second}
 
 // cpu returns the child's CPU time from /loadgen/cpu, and false when it cannot.
 func (g *gatewayProc) cpu() (time.Duration, bool) {
-	resp, err := cpuClient.Get("http://" + g.addr + "/loadgen/cpu")
+	resp, err := cpuClient.Get("http://" + g.ctl + "/loadgen/cpu")
 	if err != nil {
 		return 0, false
 	}
@@ -191,11 +191,14 @@ func (g *gatewayProc) cpu() (time.Duration, bool) {
 // gatewayEnv is added to the gateway children's environment (--gateway-env).
 var gatewayEnv []string
 
-// gatewayProc is a running gateway child.
+// gatewayProc is a running child: a gateway, or the floor proxy (floor.go). Both answer
+// /readyz and /loadgen/cpu on ctl, which is the gateway's own listener; the floor copies
+// every byte of its listener upstream, so it serves them on a second one.
 type gatewayProc struct {
 	name string
 	cmd  *exec.Cmd
-	addr string
+	addr string // where clients connect
+	ctl  string // /readyz, /loadgen/cpu
 	pid  int
 	done chan struct{}
 	log  *os.File
@@ -203,12 +206,20 @@ type gatewayProc struct {
 
 // startGateway starts a gateway child with the given flags and waits for its address.
 func startGateway(name string, logPath string, args ...string) (*gatewayProc, error) {
+	return startChild("gateway", name, logPath, gatewayEnv, args...)
+}
+
+// startChild re-executes this binary as a child of the given kind (the value of childEnv)
+// with extra environment and args, and waits until it is ready. The child prints
+// "LISTEN addr" on stdout when it accepts connections, after "CONTROL addr" when its
+// control endpoints live on a listener of their own.
+func startChild(kind, name, logPath string, env []string, args ...string) (*gatewayProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(exe, args...)
-	cmd.Env = append(append(os.Environ(), childEnv+"=gateway"), gatewayEnv...)
+	cmd.Env = append(append(os.Environ(), childEnv+"="+kind), env...)
 	lf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -224,28 +235,34 @@ func startGateway(name string, logPath string, args ...string) (*gatewayProc, er
 		return nil, err
 	}
 	g := &gatewayProc{name: name, cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}), log: lf}
-	addrc := make(chan string, 1)
+	type addrs struct{ addr, ctl string }
+	addrc := make(chan addrs, 1)
 	go func() {
+		var ctl string
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "CONTROL "); ok {
+				ctl = a
+			}
 			if a, ok := strings.CutPrefix(sc.Text(), "LISTEN "); ok {
-				addrc <- a
+				addrc <- addrs{a, cond(ctl != "", ctl, a)}
 			}
 		}
 	}()
 	go func() { _ = cmd.Wait(); close(g.done) }()
 	select {
-	case g.addr = <-addrc:
+	case a := <-addrc:
+		g.addr, g.ctl = a.addr, a.ctl
 	case <-g.done:
 		lf.Close()
-		return nil, fmt.Errorf("gateway child exited during start-up; see %s", logPath)
+		return nil, fmt.Errorf("%s child exited during start-up; see %s", kind, logPath)
 	case <-time.After(20 * time.Second):
 		g.stop()
-		return nil, fmt.Errorf("gateway child did not start in 20s; see %s", logPath)
+		return nil, fmt.Errorf("%s child did not start in 20s; see %s", kind, logPath)
 	}
-	// Ready means a policy set is active.
+	// Ready means a policy set is active (the floor is ready once it listens).
 	for i := 0; i < 200; i++ {
-		resp, err := http.Get("http://" + g.addr + "/readyz")
+		resp, err := http.Get("http://" + g.ctl + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -255,7 +272,7 @@ func startGateway(name string, logPath string, args ...string) (*gatewayProc, er
 		time.Sleep(25 * time.Millisecond)
 	}
 	g.stop()
-	return nil, fmt.Errorf("gateway child not ready; see %s", logPath)
+	return nil, fmt.Errorf("%s child not ready; see %s", kind, logPath)
 }
 
 func (g *gatewayProc) wsURL() string   { return "ws://" + g.addr + "/v1/responses" }

@@ -23,11 +23,34 @@ func quad(d Dist) string {
 func writeTables(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "Run %s, %s, %d CPUs, load average %s before, %s after, %.0f s.\n\n",
 		r.Started, r.GoVersion, r.CPUs, r.LoadBefore, r.LoadAfter, r.WallSec)
+	writeTargets(w, r.Targets)
 	if len(r.Phases) > 0 {
 		writePhases(w, r)
 	}
 	writeRest(w, r)
 }
+
+// writeTargets prints the issue-14 targets read off the run.
+func writeTargets(w io.Writer, ts []TargetRow) {
+	if len(ts) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Issue-14 targets (terminal event; the floor is a raw TCP copy proxy run as a third arm of every latency phase):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | measured | value | met |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, t := range ts {
+		v := fmt.Sprintf("%+.0f µs", t.Value)
+		if t.Unit == "×" {
+			v = fmt.Sprintf("%.2f×", t.Value)
+		}
+		fmt.Fprintf(w, "| %s | %s | **%s** | %s |\n", t.Target, t.Measured, v, cond(t.Met, "met", "not met"))
+	}
+	fmt.Fprintln(w)
+}
+
+// triple prints p50 / p90 / p99.
+func triple(d Dist) string { return strings.Join([]string{f0(d.P50), f0(d.P90), f0(d.P99)}, " / ") }
 
 // writePhases prints the latency phases' tables.
 func writePhases(w io.Writer, r *Report) {
@@ -45,18 +68,23 @@ func writePhases(w io.Writer, r *Report) {
 				f0(c.DirectTTFE.P50), f0(c.DirectTotal.P50), quad(c.AddedTTFE), quad(c.PairedTTFE), quad(c.AddedTotal), quad(c.PairedTotal))
 		}
 	}
+	writeFloor(w, r)
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Gateway cost per phase (CPU of the gateway process only; Redis counted from INFO commandstats):")
+	fmt.Fprintln(w, "Gateway cost per phase (CPU of the gateway process only, and of the floor proxy's; Redis counted from INFO commandstats):")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| phase | instances | gateway turns | CPU µs/turn | CPU s / 1,000 turns | RSS MiB | Redis read RT / 1,000 turns | write RT / 1,000 | commands / 1,000 | pace, turns/s (both sides) | errors |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| phase | instances | gateway turns | CPU µs/turn | floor CPU µs/turn | gateway / floor CPU | CPU s / 1,000 turns | RSS MiB | Redis read RT / 1,000 turns | write RT / 1,000 | commands / 1,000 | pace, turns/s (all sides) | errors |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, p := range r.Phases {
 		rr, wr, cm := "–", "–", "–"
 		if p.Redis != nil {
 			rr, wr, cm = fmt.Sprintf("%.0f", p.RedisReadRTPer1000), fmt.Sprintf("%.0f", p.RedisWriteRTPer1000), fmt.Sprintf("%.0f", p.RedisCmdsPer1000)
 		}
-		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %.3f | %.0f | %s | %s | %s | %.0f | %d |\n", p.Name, p.Instances, p.Pairs,
-			p.CPUPerTurnUs, p.CPUsPer1000, float64(p.RSSBytes)/(1<<20), rr, wr, cm, p.TurnsPerSec, p.Errors)
+		fc := "–"
+		if p.FloorCPUPerTurnUs > 0 {
+			fc = fmt.Sprintf("%.0f", p.FloorCPUPerTurnUs)
+		}
+		fmt.Fprintf(w, "| %s | %d | %d | %.0f | %s | %s | %.3f | %.0f | %s | %s | %s | %.0f | %d |\n", p.Name, p.Instances, p.Pairs,
+			p.CPUPerTurnUs, fc, ratioCell(p.CPUOverFloor), p.CPUsPer1000, float64(p.RSSBytes)/(1<<20), rr, wr, cm, p.TurnsPerSec, p.Errors)
 	}
 	for _, p := range r.Phases {
 		if p.Redis != nil && len(p.Redis.Commands) > 0 && strings.HasPrefix(p.Name, "ws-small-1-") {
@@ -74,15 +102,47 @@ func writePhases(w io.Writer, r *Report) {
 	}
 }
 
+// writeFloor prints the latency phases' classes against the floor, at the terminal event.
+func writeFloor(w io.Writer, r *Report) {
+	var rows []string
+	for _, p := range r.Phases {
+		for _, c := range p.Classes {
+			if c.Pairs < 10 || c.Floor == nil {
+				continue
+			}
+			f := c.Floor
+			rows = append(rows, fmt.Sprintf("| %s | %s | %d | %s | %s | %s | %s | %s / %s / %s |", p.Name, c.Class, c.Pairs,
+				triple(f.AddedTotal), triple(c.AddedTotal), triple(f.GatewayOverTotal), triple(f.GatewayOverPairedTotal),
+				ratioCell(f.RatioTotal.P50), ratioCell(f.RatioTotal.P90), ratioCell(f.RatioTotal.P99)))
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Against the floor (a raw TCP copy proxy to the same emulator, run on every turn with direct and gateway), terminal event, µs,")
+	fmt.Fprintln(w, "each cell p50 / p90 / p99: added = arm − direct percentile; gateway − floor = the gateway's added minus the floor's;")
+	fmt.Fprintln(w, "paired = percentiles of the per-turn gateway − floor differences; ratio = the gateway's added over the floor's.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| phase | class | turns | floor added | gateway added | gateway − floor | paired gateway − floor | gateway / floor added |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, row := range rows {
+		fmt.Fprintln(w, row)
+	}
+}
+
 // writeRest prints everything but the latency phases.
 func writeRest(w io.Writer, r *Report) {
 	if t := r.Throughput; t != nil {
 		fmt.Fprintln(w)
-		fmt.Fprintf(w, "Saturation (%d sessions of chained 3 KB WebSocket turns, %d × %.1f s windows per side, alternating):\n\n", t.Sessions, t.Windows, t.WindowSec)
-		fmt.Fprintln(w, "| direct turns/s | gateway turns/s | ratio | gateway CPU (cores) | CPU µs per turn: gateway / Redis / clients+emulator (gateway windows) / clients+emulator (direct windows) | errors |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|")
-		fmt.Fprintf(w, "| %.0f | %.0f | **%.2f** | %.2f | %.0f / %.0f / %.0f / %.0f | %d |\n", t.DirectTurnsPS, t.GatewayTurnsPS, t.Ratio, t.GatewayCPUUtil,
-			t.CPUPerTurnUs, t.RedisCPUUs, t.LoadCPUGatewayUs, t.LoadCPUDirectUs, t.Errors)
+		fmt.Fprintf(w, "Saturation (%d sessions of chained 3 KB WebSocket turns, %d × %.1f s windows per side, rotating direct, gateway, floor; "+
+			"ratios over all windows, in brackets the range of the per-round ratios):\n\n", t.Sessions, t.Windows, t.WindowSec)
+		fmt.Fprintln(w, "| direct turns/s | gateway turns/s | gateway / direct | floor turns/s | floor / direct | CPU (cores): gateway / floor | CPU µs per turn: gateway / floor / Redis | gateway / floor CPU | clients+emulator CPU µs per turn: gateway / floor / direct windows | errors |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintf(w, "| %.0f | %.0f | **%.2f** %s | %.0f | **%s** %s | %.2f / %.2f | %.0f / %.0f / %.0f | %s | %.0f / %.0f / %.0f | %d |\n",
+			t.DirectTurnsPS, t.GatewayTurnsPS, t.Ratio, spread(t.GatewayRoundRatios), t.FloorTurnsPS, ratioCell(t.FloorRatio),
+			spread(t.FloorRoundRatios), t.GatewayCPUUtil, t.FloorCPUUtil,
+			t.CPUPerTurnUs, t.FloorCPUUs, t.RedisCPUUs, ratioCell(t.CPUOverFloor), t.LoadCPUGatewayUs, t.LoadCPUFloorUs, t.LoadCPUDirectUs, t.Errors)
 	}
 	if s := r.Stream; s != nil {
 		fmt.Fprintln(w)
@@ -143,6 +203,14 @@ func writeRest(w io.Writer, r *Report) {
 			r.StoreCommits["redis"], r.StoreCommits["local_only"], r.StoreCommits["degraded"])
 	}
 	fmt.Fprintf(w, "\nEmulator: %d connections, %d creates, %d responses, %d errors.\n", r.Emulator.Connections, r.Emulator.Creates, r.Emulator.Responses, r.Emulator.Errors)
+}
+
+// spread prints the range of per-round ratios, "[min–max]", or nothing without two rounds.
+func spread(rs []float64) string {
+	if len(rs) < 2 {
+		return ""
+	}
+	return fmt.Sprintf("[%.2f–%.2f]", slices.Min(rs), slices.Max(rs))
 }
 
 // ratioCell prints a ratio, "–" when it is undefined (ratio returned 0).

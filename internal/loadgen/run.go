@@ -1,11 +1,12 @@
 // Package loadgen is the side-by-side load tool of issue 7: realistic Codex conversations
-// run against the upstream emulator directly and through the gateway in one run,
-// interleaved turn by turn, and the difference is what the gateway costs.
+// run against the upstream emulator directly, through the gateway and through the floor (a
+// raw TCP copy proxy, issue 14) in one run, interleaved turn by turn; the difference is
+// what the gateway costs, and its difference to the floor's what it costs beyond any hop.
 //
-// Layout of a run: the emulator runs in this process (recording off); each gateway runs in
-// a child process (this binary re-executed, see child.go), so that its CPU time and RSS
-// can be read from /proc without counting the clients or the emulator; Redis is a plain
-// redis-server child on a free loopback port.
+// Layout of a run: the emulator runs in this process (recording off); each gateway and the
+// floor run in a child process (this binary re-executed, see child.go and floor.go), so
+// that their CPU time and RSS can be read without counting the clients or the emulator;
+// Redis is a plain redis-server child on a free loopback port.
 package loadgen
 
 import (
@@ -16,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -63,12 +65,14 @@ type Config struct {
 
 // Report is the whole run, printed as tables or as JSON (--json).
 type Report struct {
-	Started    string            `json:"started"`
-	GoVersion  string            `json:"go_version"`
-	CPUs       int               `json:"cpus"`
-	LoadBefore string            `json:"loadavg_before"`
-	LoadAfter  string            `json:"loadavg_after"`
-	Method     string            `json:"method"`
+	Started    string `json:"started"`
+	GoVersion  string `json:"go_version"`
+	CPUs       int    `json:"cpus"`
+	LoadBefore string `json:"loadavg_before"`
+	LoadAfter  string `json:"loadavg_after"`
+	Method     string `json:"method"`
+	// Targets are the issue-14 targets read off this run (targets.go).
+	Targets    []TargetRow       `json:"targets,omitempty"`
 	Phases     []PhaseResult     `json:"phases"`
 	Throughput *ThroughputResult `json:"throughput,omitempty"`
 	Stream     *StreamResult     `json:"stream,omitempty"`
@@ -86,15 +90,18 @@ type Report struct {
 	Emulator     emulator.Stats     `json:"emulator_stats"`
 }
 
-const method = "interleaved: every turn of a conversation runs once direct to the emulator and once through the gateway, " +
-	"back to back in random order; the gateway is a child process whose CPU (utime+stime from /proc/PID/stat) and RSS " +
+const method = "interleaved: every turn of a conversation runs once direct to the emulator, once through the gateway " +
+	"and once through the floor (a raw TCP copy proxy to the same emulator), back to back in random order; the gateway " +
+	"and the floor are child processes whose CPU (getrusage in the child, else utime+stime from /proc/PID/stat) and RSS " +
 	"are read per phase; the emulator and the clients run in the load tool's process"
 
 // Main is cmd/loadgen.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if os.Getenv(childEnv) == "gateway" {
-		if err := runGatewayChild(args); err != nil {
-			fmt.Fprintln(stderr, "loadgen gateway child:", err)
+	switch kind := os.Getenv(childEnv); kind {
+	case "gateway", "floor":
+		run := cond(kind == "gateway", runGatewayChild, runFloorChild)
+		if err := run(args); err != nil {
+			fmt.Fprintf(stderr, "loadgen %s child: %v\n", kind, err)
 			return 1
 		}
 		return 0
@@ -149,7 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.DurationVar(&c.PhaseWall, "phase-wall", 4*time.Second, "upper bound of one latency phase")
 	fs.IntVar(&c.Pairs1, "pairs", 4000, "turn pairs of a 1-session phase (upper bound)")
 	fs.IntVar(&c.PairsN, "pairs-per-session", 400, "turn pairs per session of a multi-session phase (upper bound)")
-	sessions := fs.String("sessions", "1,10,100", "session counts of the latency phases (1 also runs with the local store)")
+	sessions := fs.String("sessions", "1,10,100", "session counts of the latency phases (1 and 10 also run with the local store)")
 	fs.IntVar(&c.TputSessions, "throughput-sessions", 32, "sessions of the saturation run (0 skips it)")
 	fs.IntVar(&c.TputWindows, "throughput-windows", 4, "windows per side of the saturation run")
 	fs.DurationVar(&c.TputWindow, "throughput-window", time.Second, "length of one saturation window")
@@ -157,7 +164,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.IntVar(&c.StreamReps, "stream-reps", 3, "streaming turns per side")
 	fs.IntVar(&c.IdleSessions, "idle", 10000, "idle sessions for the memory measurement (0 skips it)")
 	fs.BoolVar(&c.Moved, "moved", true, "run the scale-out phases (two instances on one Redis, sessions that move)")
-	fs.BoolVar(&c.Local, "local", true, "also run the 1-session phases with the local store")
+	fs.BoolVar(&c.Local, "local", true, "also run the 1-session phases, and the small 10-session ones, with the local store")
 	fs.BoolVar(&c.Profile, "profile", false, "take CPU and allocation profiles of the gateway under load (written to --out)")
 	fs.IntVar(&c.ProfileSec, "profile-seconds", 8, "length of the profiled load")
 	fs.BoolVar(&c.Quick, "quick", false, "a short smoke run (small counts)")
@@ -331,6 +338,15 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 		return nil, err
 	}
 	defer gwA.stop()
+	emuURL, err := url.Parse(emu.URL())
+	if err != nil {
+		return nil, err
+	}
+	floor, err := startFloor(filepath.Join(outDir, "floor.log"), emuURL.Host)
+	if err != nil {
+		return nil, err
+	}
+	defer floor.stop()
 	var gwB, gwL *gatewayProc
 	if cfg.Moved && (cfg.want("moved") || cfg.want("ws-small-10-redis-2inst")) {
 		if gwB, err = startGateway("B", filepath.Join(outDir, "gateway-B.log"), gwArgs("--redis", rds.url())...); err != nil {
@@ -344,7 +360,7 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 		}
 		defer gwL.stop()
 	}
-	logf("emulator %s, redis %s, gateways A(redis) %s%s%s; logs in %s", emu.URL(), rds.addr, gwA.addr,
+	logf("emulator %s, redis %s, floor %s, gateways A(redis) %s%s%s; logs in %s", emu.URL(), rds.addr, floor.addr, gwA.addr,
 		cond(gwB != nil, ", B(redis) "+addrOf(gwB), ""), cond(gwL != nil, ", L(local) "+addrOf(gwL), ""), outDir)
 
 	// Warm-up: connection pools, page faults, the first NOSCRIPT of the replay script.
@@ -354,17 +370,17 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 		}
 		for _, tr := range []string{"ws", "http"} {
 			e.runPhase(ctx, phaseSpec{name: "warmup-" + g.name + "-" + tr, transport: tr, mix: mixSmall, sessions: 2,
-				pairs: 100, maxWall: time.Second, gateways: []*gatewayProc{g}})
+				pairs: 100, maxWall: time.Second, gateways: []*gatewayProc{g}, floor: floor})
 		}
 		e.runPhase(ctx, phaseSpec{name: "warmup-" + g.name + "-big", transport: "ws", mix: mixBig, sessions: 1,
-			pairs: 10, maxWall: time.Second, gateways: []*gatewayProc{g}})
+			pairs: 10, maxWall: time.Second, gateways: []*gatewayProc{g}, floor: floor})
 	}
 
 	phase := func(name, tr, mix, store string, n int, gws []*gatewayProc) {
 		if !cfg.want(name) {
 			return
 		}
-		ps := phaseSpec{name: name, transport: tr, mix: mix, store: store, sessions: n, maxWall: cfg.PhaseWall, gateways: gws}
+		ps := phaseSpec{name: name, transport: tr, mix: mix, store: store, sessions: n, maxWall: cfg.PhaseWall, gateways: gws, floor: floor}
 		if n == 1 {
 			ps.pairs = cfg.Pairs1
 		} else {
@@ -383,8 +399,13 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 		for _, m := range mixes {
 			phase(fmt.Sprintf("%s-%s-%d-redis", m.tr, m.mix, n), m.tr, m.mix, "redis", n, []*gatewayProc{gwA})
 		}
-		if n == 1 && cfg.Local {
-			for _, m := range mixes {
+		if !cfg.Local {
+			continue
+		}
+		for _, m := range mixes {
+			// With the local store: every mix at 1 session (the latency targets), the small
+			// ones at 10 (the CPU target: both cores busy, nothing saturated).
+			if n == 1 || (n == 10 && m.mix == mixSmall) {
 				phase(fmt.Sprintf("%s-%s-%d-local", m.tr, m.mix, n), m.tr, m.mix, "local", n, []*gatewayProc{gwL})
 			}
 		}
@@ -410,7 +431,7 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 		}
 	}
 	if cfg.TputSessions > 0 {
-		t := e.runThroughput(ctx, gwA, rds, cfg.TputSessions, cfg.TputWindows, cfg.TputWindow)
+		t := e.runThroughput(ctx, gwA, floor, rds, cfg.TputSessions, cfg.TputWindows, cfg.TputWindow)
 		rep.Throughput = &t
 	}
 	if cfg.StreamDeltas > 0 {
@@ -442,6 +463,7 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 			}
 		}
 	}
+	rep.Targets = targets(rep)
 	rep.Emulator = emu.Stats()
 	rep.LoadAfter = loadavg()
 	rep.WallSec = time.Since(t0).Seconds()

@@ -11,7 +11,7 @@ import (
 )
 
 // ThroughputResult is the saturation run: all sessions send as fast as they can, in
-// alternating windows all direct or all through the gateway.
+// alternating windows all direct, all through the gateway or all through the floor.
 type ThroughputResult struct {
 	Sessions       int     `json:"sessions"`
 	Windows        int     `json:"windows_per_side"`
@@ -29,25 +29,45 @@ type ThroughputResult struct {
 	LoadCPUDirectUs  float64 `json:"loadgen_cpu_per_direct_turn_us"`
 	LoadCPUGatewayUs float64 `json:"loadgen_cpu_per_gateway_turn_us"`
 	RedisCPUUs       float64 `json:"redis_cpu_per_gateway_turn_us"`
-	Errors           int     `json:"errors"`
-	FirstErr         string  `json:"first_error,omitempty"`
+	// The floor's windows: its turns/s, those over direct's, the proxy's own CPU (cores, and
+	// per turn), this process's CPU per floor turn, and the gateway's CPU per turn over the
+	// floor's. Absent when the run has no floor.
+	FloorTurnsPS   float64 `json:"floor_turns_per_sec,omitempty"`
+	FloorRatio     float64 `json:"floor_ratio,omitempty"`
+	FloorCPUUtil   float64 `json:"floor_cpu_util,omitempty"`
+	FloorCPUUs     float64 `json:"floor_cpu_per_turn_us,omitempty"`
+	LoadCPUFloorUs float64 `json:"loadgen_cpu_per_floor_turn_us,omitempty"`
+	CPUOverFloor   float64 `json:"gateway_cpu_per_turn_over_floor,omitempty"`
+	// RoundRatios are the gateway's and the floor's turns/s over direct's within each
+	// round (one window per side, back to back): their spread is how much the machine's
+	// other work moved the pooled ratios above.
+	GatewayRoundRatios []float64 `json:"gateway_ratio_per_round"`
+	FloorRoundRatios   []float64 `json:"floor_ratio_per_round,omitempty"`
+	Errors             int       `json:"errors"`
+	FirstErr           string    `json:"first_error,omitempty"`
 }
 
-// runThroughput alternates direct and gateway windows (direct first, then gateway, …) with
-// every worker running chained 3 KB WebSocket turns back to back.
-func (e *env) runThroughput(ctx context.Context, g *gatewayProc, rds *redisProc, sessions, windows int, window time.Duration) ThroughputResult {
+// runThroughput rotates direct, gateway and floor windows (direct first, then gateway, then
+// floor, …; no floor windows when floor is nil) with every worker running chained 3 KB
+// WebSocket turns back to back on the side of the current window.
+func (e *env) runThroughput(ctx context.Context, g, floor *gatewayProc, rds *redisProc, sessions, windows int, window time.Duration) ThroughputResult {
 	res := ThroughputResult{Sessions: sessions, Windows: windows, WindowSec: window.Seconds()}
 	cli := newHTTPClient(sessions + 4)
 	defer cli.CloseIdleConnections()
-	directT := &target{name: "direct", wsURL: e.direct.wsURL, http: cli}
-	gt := e.gatewayTarget(g, cli)
-	var mode atomic.Int32 // 0 direct, 1 gateway, 2 stop
-	var done [2]atomic.Int64
+	sides := []*target{{name: "direct", wsURL: e.direct.wsURL, http: cli}, e.gatewayTarget(g, cli)}
+	procs := []*gatewayProc{nil, g}
+	if floor != nil {
+		sides, procs = append(sides, e.floorTarget(floor, cli)), append(procs, floor)
+	}
+	nsides := int32(len(sides))
+	stopMode := nsides    // mode values are side indexes, then this one
+	var mode atomic.Int32 // the side of the current window
+	var done [3]atomic.Int64
 	var errs atomic.Int32
 	var firstErr atomic.Value
 	var wg, ready sync.WaitGroup
 	start := make(chan struct{})
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(2*windows+4)*window+30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(int(nsides)*windows+4)*window+30*time.Second)
 	defer cancel()
 	ready.Add(sessions)
 	for w := 0; w < sessions; w++ {
@@ -58,9 +78,9 @@ func (e *env) runThroughput(ctx context.Context, g *gatewayProc, rds *redisProc,
 			sid := fmt.Sprintf("lg-tput-%d-%d", w, seed)
 			p := newPayloads(sid, seed)
 			hdr := clientHeaders(sid, fmt.Sprintf("t%d", w%4))
-			var ss [2]*wsSession
+			ss := make([]*wsSession, len(sides))
 			var err error
-			for i, tg := range []*target{directT, gt} {
+			for i, tg := range sides {
 				if ss[i], err = dialWS(ctx, tg, hdr, p); err != nil {
 					errs.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -73,7 +93,7 @@ func (e *env) runThroughput(ctx context.Context, g *gatewayProc, rds *redisProc,
 			<-start
 			for i := 0; i < 1_000_000 && ctx.Err() == nil; i++ {
 				m := mode.Load()
-				if m == 2 {
+				if m == stopMode {
 					return
 				}
 				if _, err := ss[m].turn(ctx); err != nil {
@@ -89,55 +109,93 @@ func (e *env) runThroughput(ctx context.Context, g *gatewayProc, rds *redisProc,
 	}
 	ready.Wait()
 	close(start)
-	var dur, self [2]time.Duration
-	var cpu, rcpu time.Duration
-	for i := 0; i < 2*windows && ctx.Err() == nil; i++ {
-		m := int32(i % 2)
+	var dur, self, cpu [3]time.Duration
+	var rcpu time.Duration
+	// counts[i] is done at the start of window i, and a last one once every worker has
+	// stopped; winDur[i] is window i's length.
+	var counts [][3]int64
+	var winDur []time.Duration
+	snap := func() {
+		counts = append(counts, [3]int64{done[0].Load(), done[1].Load(), done[2].Load()})
+	}
+	for i := 0; i < int(nsides)*windows && ctx.Err() == nil; i++ {
+		m := int32(i) % nsides
+		snap()
 		mode.Store(m)
 		t0 := time.Now()
 		s0 := selfCPU()
 		var meter *cpuMeter
 		var r0 procSample
-		if m == 1 {
-			meter = newCPUMeter(g)
-			if rds != nil {
-				r0, _ = readProc(rds.cmd.Process.Pid)
-			}
+		if procs[m] != nil {
+			meter = newCPUMeter(procs[m])
+		}
+		if m == 1 && rds != nil {
+			r0, _ = readProc(rds.cmd.Process.Pid)
 		}
 		time.Sleep(window)
 		if meter != nil {
 			c, _ := meter.stop()
-			cpu += c
-			if rds != nil {
-				r1, _ := readProc(rds.cmd.Process.Pid)
-				rcpu += r1.cpu - r0.cpu
-			}
+			cpu[m] += c
+		}
+		if m == 1 && rds != nil {
+			r1, _ := readProc(rds.cmd.Process.Pid)
+			rcpu += r1.cpu - r0.cpu
 		}
 		self[m] += selfCPU() - s0
 		dur[m] += time.Since(t0)
+		winDur = append(winDur, time.Since(t0))
 	}
-	mode.Store(2)
+	mode.Store(stopMode)
 	wg.Wait()
-	res.DirectTurnsPS = float64(done[0].Load()) / dur[0].Seconds()
-	res.GatewayTurnsPS = float64(done[1].Load()) / dur[1].Seconds()
-	if res.DirectTurnsPS > 0 {
-		res.Ratio = res.GatewayTurnsPS / res.DirectTurnsPS
+	snap()
+	turnsPS := func(m int) float64 {
+		if dur[m] <= 0 {
+			return 0
+		}
+		return float64(done[m].Load()) / dur[m].Seconds()
 	}
-	res.GatewayCPUUtil = cpu.Seconds() / dur[1].Seconds()
-	if n := done[1].Load(); n > 0 {
-		res.CPUPerTurnUs = float64(cpu.Microseconds()) / float64(n)
-		res.LoadCPUGatewayUs = float64(self[1].Microseconds()) / float64(n)
-		res.RedisCPUUs = float64(rcpu.Microseconds()) / float64(n)
+	perTurn := func(d time.Duration, m int) float64 {
+		if n := done[m].Load(); n > 0 {
+			return float64(d.Microseconds()) / float64(n)
+		}
+		return 0
 	}
-	if n := done[0].Load(); n > 0 {
-		res.LoadCPUDirectUs = float64(self[0].Microseconds()) / float64(n)
+	res.DirectTurnsPS, res.GatewayTurnsPS = turnsPS(0), turnsPS(1)
+	res.Ratio = ratio(res.GatewayTurnsPS, res.DirectTurnsPS)
+	if dur[1] > 0 {
+		res.GatewayCPUUtil = cpu[1].Seconds() / dur[1].Seconds()
+	}
+	res.CPUPerTurnUs, res.LoadCPUGatewayUs, res.RedisCPUUs = perTurn(cpu[1], 1), perTurn(self[1], 1), perTurn(rcpu, 1)
+	res.LoadCPUDirectUs = perTurn(self[0], 0)
+	if floor != nil {
+		res.FloorTurnsPS = turnsPS(2)
+		res.FloorRatio = ratio(res.FloorTurnsPS, res.DirectTurnsPS)
+		if dur[2] > 0 {
+			res.FloorCPUUtil = cpu[2].Seconds() / dur[2].Seconds()
+		}
+		res.FloorCPUUs, res.LoadCPUFloorUs = perTurn(cpu[2], 2), perTurn(self[2], 2)
+		res.CPUOverFloor = ratio(res.CPUPerTurnUs, res.FloorCPUUs)
+	}
+	// A window's turns are those its side completed from the window's start to the end of
+	// the next window: a turn that began in it and ended after it counts (the next window
+	// is another side's, which starts no turn on this one).
+	winRate := func(i int) float64 {
+		m := i % int(nsides)
+		return float64(counts[min(i+2, len(counts)-1)][m]-counts[i][m]) / winDur[i].Seconds()
+	}
+	for r := 0; (r+1)*int(nsides) <= len(winDur); r++ {
+		d := winRate(r * int(nsides))
+		res.GatewayRoundRatios = append(res.GatewayRoundRatios, ratio(winRate(r*int(nsides)+1), d))
+		if floor != nil {
+			res.FloorRoundRatios = append(res.FloorRoundRatios, ratio(winRate(r*int(nsides)+2), d))
+		}
 	}
 	res.Errors = int(errs.Load())
 	if v, ok := firstErr.Load().(string); ok {
 		res.FirstErr = v
 	}
-	e.logf("throughput %d sessions: direct %.0f turns/s, gateway %.0f turns/s (%.2f×), gateway CPU %.0f µs/turn",
-		sessions, res.DirectTurnsPS, res.GatewayTurnsPS, res.Ratio, res.CPUPerTurnUs)
+	e.logf("throughput %d sessions: direct %.0f turns/s, gateway %.0f turns/s (%.2f×), floor %.0f turns/s (%.2f×), gateway CPU %.0f µs/turn (floor %.0f, %.2f×)",
+		sessions, res.DirectTurnsPS, res.GatewayTurnsPS, res.Ratio, res.FloorTurnsPS, res.FloorRatio, res.CPUPerTurnUs, res.FloorCPUUs, res.CPUOverFloor)
 	return res
 }
 

@@ -23,7 +23,7 @@ const (
 	// ExitError: the policies do not compile, a fixture or an argument is wrong, a file is
 	// missing, or a test run found no case to run.
 	ExitError = 1
-	// ExitFailed: a test case failed.
+	// ExitFailed: a test case failed, or a replayed decision log has turns that would change.
 	ExitFailed = 2
 	// ExitLint: lint findings (validate), or rules of the policy files under test that no
 	// case fired (test --coverage).
@@ -37,7 +37,7 @@ const (
 const exitCodes = `Exit status:
   0  ok
   1  errors: the policies do not compile, a fixture or an argument is wrong, no case ran
-  2  a test case failed
+  2  a test case failed; replay: a logged turn would change
   3  lint findings (validate), rules of the files under test no case fired (test --coverage)
 `
 
@@ -48,6 +48,7 @@ Usage:
   policyctl test [--policies DIR] [-run RE] [-o text|json|junit] [--coverage] [--watch] [DIR|FILE…]
   policyctl explain --request FILE [--state FILE] [--policies DIR] [--stage S] [--enforce RULE,…]
   policyctl vars [--stage S] [-o text|json|markdown]
+  policyctl replay --decisions FILE[,FILE…] [--policies DIR] [--enforce RULE,…] [-o text|json]
   policyctl help COMMAND
 
 Commands:
@@ -55,6 +56,7 @@ Commands:
   test       run fixtures against a policy set (default: policytests)
   explain    evaluate one turn and show every rule, its when and what it changed
   vars       list the turn context's variables
+  replay     re-evaluate a gateway's decision log against a policy set: what would change
 
 Run 'policyctl COMMAND --help' for a command's flags and examples. The language and the
 fixture format: docs/policies.md.
@@ -72,7 +74,7 @@ type command struct {
 	setup func(fs *flag.FlagSet) func(args []string, stdout, stderr io.Writer) int
 }
 
-var commands = []command{validateCmd, testCmd, explainCmd, varsCmd}
+var commands = []command{validateCmd, testCmd, explainCmd, varsCmd, replayCmd}
 
 func lookup(name string) (command, bool) {
 	i := slices.IndexFunc(commands, func(c command) bool { return c.name == name })
@@ -99,7 +101,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		c, ok := lookup(args[1])
 		if !ok {
-			fmt.Fprintf(stderr, "policyctl help: unknown command %q (commands: validate, test, explain, vars)\n", args[1])
+			fmt.Fprintf(stderr, "policyctl help: unknown command %q (commands: validate, test, explain, vars, replay)\n", args[1])
 			return exitUsage
 		}
 		printHelp(stdout, c)
@@ -107,7 +109,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	c, ok := lookup(args[0])
 	if !ok {
-		fmt.Fprintf(stderr, "policyctl: unknown command %q%s\n\n%s", args[0], didYouMean(args[0], []string{"validate", "test", "explain", "vars"}), usage)
+		fmt.Fprintf(stderr, "policyctl: unknown command %q%s\n\n%s", args[0], didYouMean(args[0], []string{"validate", "test", "explain", "vars", "replay"}), usage)
 		return exitUsage
 	}
 	return runCommand(c, args[1:], stdout, stderr)

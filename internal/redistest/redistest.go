@@ -1,6 +1,7 @@
 // Package redistest starts real redis-server processes for integration tests:
-// a standalone server or a small Redis Cluster, each on free loopback ports in
-// a temporary directory, stopped automatically when the test ends.
+// a standalone server, a small Redis Cluster, or a master with replicas watched
+// by Sentinels (redis-server --sentinel), each on free loopback ports in a
+// temporary directory, stopped automatically when the test ends.
 //
 // The servers keep nothing on disk (--save "" --appendonly no), so a Kill
 // followed by Restart simulates an outage that loses all data, the way a
@@ -62,6 +63,11 @@ type Server struct {
 	bin     string
 	dir     string
 	cluster bool
+	// sentinel runs the server as a Sentinel from dir/sentinel.conf, which the
+	// Sentinel rewrites as it learns the deployment.
+	sentinel bool
+	// extra are arguments appended to the command line (--replicaof …).
+	extra []string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -160,7 +166,13 @@ func (s *Server) startOnFreePort(cluster bool) {
 
 // launchLocked starts the process and waits for PING to answer.
 func (s *Server) launchLocked() error {
-	args := []string{
+	var args []string
+	if s.sentinel {
+		// A Sentinel reads (and rewrites) a config file; the command-line
+		// options below override its port and the rest.
+		args = append(args, filepath.Join(s.dir, "sentinel.conf"), "--sentinel")
+	}
+	args = append(args,
 		"--port", strconv.Itoa(s.Port),
 		"--bind", "127.0.0.1",
 		"--dir", s.dir,
@@ -169,7 +181,7 @@ func (s *Server) launchLocked() error {
 		"--protected-mode", "no",
 		"--daemonize", "no",
 		"--logfile", "redis.log",
-	}
+	)
 	if s.cluster {
 		args = append(args,
 			"--cluster-enabled", "yes",
@@ -177,6 +189,7 @@ func (s *Server) launchLocked() error {
 			"--cluster-node-timeout", "5000",
 		)
 	}
+	args = append(args, s.extra...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
 	var stderr bytes.Buffer
@@ -378,4 +391,248 @@ func freePort(cluster bool) (int, error) {
 		return port, nil
 	}
 	return 0, errors.New("no free port pair for a cluster node")
+}
+
+// MasterName is the name the Sentinels of StartSentinel monitor their master under.
+const MasterName = "mymaster"
+
+// Sentinel is a master with replicas, watched by Sentinels (redis-server
+// --sentinel) with a quorum of one, so that `SENTINEL FAILOVER` from any of
+// them promotes a replica at once.
+type Sentinel struct {
+	// Servers are the data nodes: the first master, then the replicas. After a
+	// failover the master is another one of them (see MasterAddr).
+	Servers []*Server
+	// Sentinels are the Sentinel processes.
+	Sentinels []*Server
+
+	tb testing.TB
+}
+
+// StartSentinel starts a master, replicas replicas of it and sentinels
+// Sentinels monitoring it as MasterName, waits until every replica is in sync
+// and every Sentinel knows every replica, and registers the shutdown with
+// tb.Cleanup. Nothing is persisted, as with Start.
+func StartSentinel(tb testing.TB, replicas, sentinels int) *Sentinel {
+	tb.Helper()
+	if replicas < 1 || sentinels < 1 {
+		tb.Fatalf("redistest: a Sentinel deployment needs a replica and a Sentinel, got %d and %d", replicas, sentinels)
+	}
+	bin, _ := Binaries(tb)
+	d := &Sentinel{tb: tb}
+	master := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
+	master.startOnFreePort(false)
+	tb.Cleanup(master.stop)
+	d.Servers = append(d.Servers, master)
+	host, port, _ := net.SplitHostPort(master.Addr)
+	for i := 0; i < replicas; i++ {
+		r := &Server{tb: tb, bin: bin, dir: tb.TempDir(), extra: []string{"--replicaof", host, port}}
+		r.startOnFreePort(false)
+		tb.Cleanup(r.stop)
+		d.Servers = append(d.Servers, r)
+	}
+	for i := 0; i < sentinels; i++ {
+		s := &Server{tb: tb, bin: bin, dir: tb.TempDir(), sentinel: true}
+		// A short down-after keeps an accidental outage of the master from
+		// lasting; a test fails over on purpose with Failover.
+		conf := fmt.Sprintf("sentinel monitor %s %s %s 1\n"+
+			"sentinel down-after-milliseconds %[1]s 2000\n"+
+			"sentinel failover-timeout %[1]s 10000\n", MasterName, host, port)
+		if err := os.WriteFile(filepath.Join(s.dir, "sentinel.conf"), []byte(conf), 0o644); err != nil {
+			tb.Fatalf("redistest: write sentinel.conf: %v", err)
+		}
+		s.startOnFreePort(false)
+		tb.Cleanup(s.stop)
+		d.Sentinels = append(d.Sentinels, s)
+	}
+	d.waitReady()
+	return d
+}
+
+// URL returns a redis+sentinel:// URL naming every Sentinel (the first in the
+// authority, the others as addr= parameters) and the master name.
+func (d *Sentinel) URL() string {
+	var b strings.Builder
+	b.WriteString("redis+sentinel://")
+	b.WriteString(d.Sentinels[0].Addr)
+	b.WriteString("?master_name=" + MasterName)
+	for _, s := range d.Sentinels[1:] {
+		b.WriteString("&addr=" + s.Addr)
+	}
+	return b.String()
+}
+
+// SentinelAddrs returns the host:port of every Sentinel.
+func (d *Sentinel) SentinelAddrs() []string {
+	addrs := make([]string, len(d.Sentinels))
+	for i, s := range d.Sentinels {
+		addrs[i] = s.Addr
+	}
+	return addrs
+}
+
+// MasterAddr returns the master's host:port as the first Sentinel reports it.
+func (d *Sentinel) MasterAddr() string {
+	d.tb.Helper()
+	addr, err := d.masterAddr(d.Sentinels[0].Addr)
+	if err != nil {
+		d.tb.Fatalf("redistest: master address: %v", err)
+	}
+	return addr
+}
+
+// masterAddr asks one Sentinel for the master's address.
+func (d *Sentinel) masterAddr(sentinel string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: sentinel, MaxRetries: -1, DialerRetries: 1})
+	defer sc.Close()
+	hp, err := sc.GetMasterAddrByName(ctx, MasterName).Result()
+	if err != nil {
+		return "", err
+	}
+	if len(hp) != 2 {
+		return "", fmt.Errorf("unexpected reply %q", hp)
+	}
+	return net.JoinHostPort(hp[0], hp[1]), nil
+}
+
+// Client returns a go-redis failover client (through the Sentinels), closed on
+// cleanup.
+func (d *Sentinel) Client() *redis.Client {
+	c := redis.NewFailoverClient(&redis.FailoverOptions{MasterName: MasterName, SentinelAddrs: d.SentinelAddrs()})
+	d.tb.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Failover asks the first Sentinel to fail over (SENTINEL FAILOVER), retrying
+// while no replica is eligible yet, and waits until every Sentinel names a new
+// master and that master says it is one. It returns the new master's address.
+// The old master keeps its role until the Sentinels convert it (about ten
+// seconds later): writes a client still sends there in between are lost, as
+// with any Sentinel failover.
+func (d *Sentinel) Failover() string {
+	d.tb.Helper()
+	old := d.MasterAddr()
+	sc := redis.NewSentinelClient(&redis.Options{Addr: d.Sentinels[0].Addr, MaxRetries: -1, DialerRetries: 1})
+	defer sc.Close()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := sc.Failover(ctx, MasterName).Err()
+		cancel()
+		if err == nil {
+			break
+		}
+		// NOGOODSLAVE: the Sentinel has not seen a healthy replica yet;
+		// INPROG: a failover is already running.
+		if time.Now().After(deadline) {
+			d.tb.Fatalf("redistest: SENTINEL FAILOVER: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var last error
+	for time.Now().Before(deadline) {
+		if last = d.switched(old); last == nil {
+			return d.MasterAddr()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.tb.Fatalf("redistest: failover from %s not done after %s: %v", old, startTimeout, last)
+	return ""
+}
+
+// switched reports nil once every Sentinel names a master other than old and
+// that master has the master role.
+func (d *Sentinel) switched(old string) error {
+	var now string
+	for _, s := range d.Sentinels {
+		addr, err := d.masterAddr(s.Addr)
+		if err != nil {
+			return fmt.Errorf("sentinel %s: %w", s.Addr, err)
+		}
+		if addr == old {
+			return fmt.Errorf("sentinel %s still names %s", s.Addr, old)
+		}
+		now = addr
+	}
+	role, _, err := replication(now)
+	if err != nil {
+		return fmt.Errorf("new master %s: %w", now, err)
+	}
+	if role != "master" {
+		return fmt.Errorf("new master %s has role %s", now, role)
+	}
+	return nil
+}
+
+// waitReady waits until every replica's link to the master is up and every
+// Sentinel lists every replica as healthy, so that a failover can start.
+func (d *Sentinel) waitReady() {
+	d.tb.Helper()
+	deadline := time.Now().Add(startTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		if last = d.ready(); last == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.tb.Fatalf("redistest: sentinel deployment not ready after %s: %v", startTimeout, last)
+}
+
+// ready reports nil once the deployment can fail over (see waitReady).
+func (d *Sentinel) ready() error {
+	for _, r := range d.Servers[1:] {
+		role, link, err := replication(r.Addr)
+		if err != nil {
+			return fmt.Errorf("replica %s: %w", r.Addr, err)
+		}
+		if role != "slave" || link != "up" {
+			return fmt.Errorf("replica %s: role %s, master link %q", r.Addr, role, link)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, s := range d.Sentinels {
+		sc := redis.NewSentinelClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialerRetries: 1})
+		replicas, err := sc.Replicas(ctx, MasterName).Result()
+		_ = sc.Close()
+		if err != nil {
+			return fmt.Errorf("sentinel %s: %w", s.Addr, err)
+		}
+		healthy := 0
+		for _, r := range replicas {
+			if flags := r["flags"]; flags == "slave" && r["master-link-status"] == "ok" {
+				healthy++
+			}
+		}
+		if healthy < len(d.Servers)-1 {
+			return fmt.Errorf("sentinel %s knows %d healthy replicas of %d", s.Addr, healthy, len(d.Servers)-1)
+		}
+	}
+	return nil
+}
+
+// replication returns a server's role and, for a replica, the state of its
+// link to the master ("up" or "down"), from INFO replication.
+func replication(addr string) (role, link string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	rc := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialerRetries: 1})
+	defer rc.Close()
+	info, err := rc.Info(ctx, "replication").Result()
+	if err != nil {
+		return "", "", err
+	}
+	for _, line := range strings.Split(info, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		switch k {
+		case "role":
+			role = v
+		case "master_link_status":
+			link = v
+		}
+	}
+	return role, link, nil
 }

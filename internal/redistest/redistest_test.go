@@ -44,3 +44,36 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("set after restart: %v", err)
 	}
 }
+
+func TestSentinel(t *testing.T) {
+	d := StartSentinel(t, 1, 2)
+	c := d.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.Set(ctx, "k", "v1", 0).Err(); err != nil {
+		t.Fatalf("set through the Sentinels: %v", err)
+	}
+	old := d.MasterAddr()
+	if old != d.Servers[0].Addr {
+		t.Fatalf("master %s, want the first server %s", old, d.Servers[0].Addr)
+	}
+	if got := d.Failover(); got == old || got != d.Servers[1].Addr {
+		t.Fatalf("after failover the master is %s, want the replica %s", got, d.Servers[1].Addr)
+	}
+	// The client follows the switch: a write lands on the new master.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := c.Set(ctx, "k", "v2", 0).Err()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("set after failover: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	nc := d.Servers[1].Client()
+	if v, err := nc.Get(ctx, "k").Result(); err != nil || v != "v2" {
+		t.Fatalf("new master holds %q, %v; want v2", v, err)
+	}
+}

@@ -8,6 +8,7 @@ package settings
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -35,6 +36,10 @@ type Settings struct {
 	// empty: compile only. It is a process option, not a gateway one, because the fixture
 	// harness that runs it must never be part of the gateway package.
 	ReloadGate string
+	// Tracing is the OpenTelemetry export (tracing.go).
+	Tracing
+	// DecisionLog is the decision log (decisionlog.go).
+	DecisionLog
 }
 
 // Parse reads the settings from, in rising precedence: defaults, a YAML file (--config or
@@ -74,7 +79,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "how long in-flight turns may finish after SIGTERM")
 	fs.StringVar(&st.ReloadGate, "reload-gate", st.ReloadGate, "fixture directory a new policy set must pass before it is activated (empty: compile only)")
 	fs.DurationVar(&c.ReloadPoll, "reload-poll", c.ReloadPoll, "checksum poll of the policy directory, a safety net under file events")
-	fs.Func("session-headers", fmt.Sprintf("comma-separated headers that name a client's session, read in order; then prompt_cache_key, then the connection (default %q; \"none\" reads no header)", strings.Join(gateway.DefaultSessionHeaders, ",")),
+	fs.Func("session-headers", fmt.Sprintf("comma-separated headers that name a client's session, read in order; then prompt_cache_key, then the connection; last, a chained create whose session has no anchor is matched by its previous_response_id within its tenant (default %q; \"none\" reads no header)", strings.Join(gateway.DefaultSessionHeaders, ",")),
 		func(v string) error {
 			c.SessionHeaders = splitHeaders(v)
 			return nil
@@ -89,6 +94,8 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 	fs.DurationVar(&c.ClientIdleTimeout, "client-idle-timeout", c.ClientIdleTimeout, "close client connections idle this long (WebSocket with nothing in flight, HTTP keep-alive)")
 	fs.StringVar(&st.LogLevel, "log-level", st.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&st.LogFormat, "log-format", st.LogFormat, "text or json")
+	st.tracingFlags(fs)
+	st.decisionLogFlags(fs)
 
 	// The config file is read first so that environment and flags override it.
 	file := getenv("GATEWAY_CONFIG")
@@ -133,6 +140,9 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	if err := st.resolveTracing(getenv); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -187,15 +197,30 @@ func (st *Settings) openStore(log *slog.Logger, reg prometheus.Registerer, extra
 // options come last), the server with its metrics on reg, and the reloader, gated by the
 // fixtures of ReloadGate when it is set. No policy set is active yet: the caller's first
 // Reload activates one, through the same gate and metrics as every later reload. Closing
-// the server closes the store.
+// the server closes the store; ShutdownTracing, after it, flushes the spans when tracing is on,
+// and CloseDecisionLog writes the last decision records when the decision log is on.
 func (st *Settings) NewGateway(log *slog.Logger, reg *prometheus.Registry, extra ...statestore.Option) (*gateway.Server, *gateway.Reloader, error) {
 	store, err := st.openStore(log, reg, extra...)
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := gateway.New(st.Config, gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg))
+	hooks, err := st.openTracing(log)
 	if err != nil {
 		_ = store.Close()
+		return nil, nil, err
+	}
+	decisions, err := st.openDecisionLog(log, reg)
+	if err != nil {
+		_ = store.Close()
+		_ = st.ShutdownTracing(context.Background())
+		return nil, nil, err
+	}
+	hooks = append(hooks, decisions...)
+	srv, err := gateway.New(st.Config, append([]gateway.Option{gateway.WithStore(store), gateway.WithLogger(log), gateway.WithRegistry(reg)}, hooks...)...)
+	if err != nil {
+		_ = store.Close()
+		_ = st.ShutdownTracing(context.Background())
+		_ = st.CloseDecisionLog()
 		return nil, nil, err
 	}
 	var opts []gateway.ReloaderOption
