@@ -16,9 +16,15 @@
 //     tenant isolation with another tenant's ids.
 //   - codex_test.go: the real Codex CLI (`codex exec`) through the gateway against the
 //     emulator: a plain tool loop, an upstream connection dropped after each completed
-//     response, and a continuation refused with previous_response_not_found. It runs when
-//     CHAINMEND_CODEX names a codex binary (`make e2e-codex` installs one and sets it), or
-//     when the cached install in .cache/codex exists.
+//     response, and a continuation refused with previous_response_not_found, once per
+//     release of the Makefile's CODEX_VERSIONS (0.169.0, 0.171.0). CHAINMEND_CODEX lists the
+//     codex binaries, separated like PATH (`make e2e-codex` installs each release into
+//     .cache/codex-VERSION and sets it); under CI=true a missing one fails.
+//   - sdk_test.go, sdk_reconnect_test.go: the official Node SDK (npm openai 7.60.0, installed
+//     by `make deps-node-sdk` into .cache/openai-node): two lanes over one socket with an
+//     upstream drop and an ESC on one lane; reconnects without session headers.
+//   - lanes_test.go, tenants_test.go: lanes moving between instances; tenants scoped by every
+//     credential header.
 //   - capture_test.go: the frames Codex sent through the gateway (testdata/codex/
 //     codex-0.169.0-gateway-*.json, written by the Codex suite with CHAINMEND_CODEX_CAPTURE=1)
 //     replayed through the gateway against the emulator, with no Codex needed.
