@@ -207,8 +207,14 @@ func (ss *session) idle() bool {
 // function.
 func (ss *session) watchIdle(t time.Duration) func() {
 	ss.lastRead.Store(time.Now().UnixNano())
+	// The callback reads timer, which AfterFunc's return assigns: the mutex orders the two.
+	var mu sync.Mutex
 	var timer *time.Timer
+	mu.Lock()
+	defer mu.Unlock()
 	timer = time.AfterFunc(t, func() {
+		mu.Lock()
+		defer mu.Unlock()
 		quiet := time.Since(time.Unix(0, ss.lastRead.Load()))
 		if quiet >= t && ss.idle() {
 			ss.srv.metrics.limits.WithLabelValues("client_idle").Inc()
@@ -221,7 +227,11 @@ func (ss *session) watchIdle(t time.Duration) func() {
 		}
 		timer.Reset(t - quiet)
 	})
-	return func() { timer.Stop() }
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		timer.Stop()
+	}
 }
 
 func (ss *session) draining() bool {
