@@ -508,8 +508,8 @@ func firedDiff(before, after map[string]float64) map[string]float64 {
 }
 
 // runNodeScript runs testdata/sdk/<script> with node and env and returns its result line
-// ({"event":"result",…}). As runSDKScript does, it copies the script beside a link to the
-// SDK's node_modules so that it imports the SDK as an application does. Each other event
+// ({"event":"result",…}). The script is copied into a temporary directory beside a link to
+// the SDK's node_modules, so that it imports the SDK as an application does. Each other event
 // line ({"event":NAME}) is handed to onEvent, after which the script gets a line on stdin.
 func runNodeScript(t *testing.T, node, sdkDir, script string, env []string, onEvent func(event string)) string {
 	t.Helper()
@@ -521,7 +521,7 @@ func runNodeScript(t *testing.T, node, sdkDir, script string, env []string, onEv
 	require.NoError(t, err)
 	require.NoError(t, os.Symlink(modules, filepath.Join(work, "node_modules")))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, script)
 	cmd.Dir = work

@@ -12,16 +12,13 @@ package e2e
 // node 20 (Debian has no newer one), with ws as its WebSocket.
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -254,71 +251,16 @@ func describeCreates(cs []emulator.Create) string {
 	return b.String()
 }
 
-// runSDKScript runs testdata/sdk/<script> with node against baseURL and returns its result
-// line. The script is copied into a temporary directory beside a link to the SDK's
-// node_modules, so that it imports the SDK as an application does (`import OpenAI from
-// 'openai'`). Each other line the script prints ({"event":NAME}) is handed to onEvent, after
-// which the script gets a line on stdin and goes on.
+// runSDKScript runs testdata/sdk/<script> with node against baseURL, with the test's own key
+// (runNodeScript), and decodes its result line.
 func runSDKScript(t *testing.T, node, sdkDir, script, baseURL string, onEvent func(event string)) sdkResult {
 	t.Helper()
-	src, err := os.ReadFile(filepath.Join(RepoRoot(t), "e2e", "testdata", "sdk", script))
-	require.NoError(t, err)
-	work := t.TempDir()
-	require.NoError(t, os.WriteFile(filepath.Join(work, script), src, 0o644))
-	modules, err := filepath.Abs(filepath.Join(sdkDir, "node_modules"))
-	require.NoError(t, err)
-	require.NoError(t, os.Symlink(modules, filepath.Join(work, "node_modules")))
-
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, script)
-	cmd.Dir = work
-	cmd.Env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"HOME=" + work,
+	line := runNodeScript(t, node, sdkDir, script, []string{
 		"CHAINMEND_SDK_BASE_URL=" + baseURL,
 		"CHAINMEND_SDK_API_KEY=" + testSecret,
 		"CHAINMEND_SDK_MODEL=gpt-5.5",
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
-	stdin, err := cmd.StdinPipe()
-	require.NoError(t, err)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	start := time.Now()
-	require.NoError(t, cmd.Start())
-
-	var res *sdkResult
-	var lines []string
-	sc := bufio.NewScanner(stdout)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		lines = append(lines, line)
-		var ev struct {
-			Event string `json:"event"`
-		}
-		if json.Unmarshal([]byte(line), &ev) != nil || ev.Event == "" {
-			continue
-		}
-		if ev.Event == "result" {
-			res = new(sdkResult)
-			require.NoError(t, json.Unmarshal([]byte(line), res))
-			continue
-		}
-		onEvent(ev.Event)
-		_, err := io.WriteString(stdin, "go\n")
-		require.NoError(t, err)
-	}
-	_ = stdin.Close()
-	err = cmd.Wait()
-	t.Logf("node %s: %s, %v", script, time.Since(start).Round(time.Millisecond), err)
-	require.NoError(t, err, "the script failed:\n--- stdout\n%s\n--- stderr\n%s", tail(strings.Join(lines, "\n"), 4000), tail(stderr.String(), 8000))
-	require.NotNil(t, res, "the script printed no result:\n%s", strings.Join(lines, "\n"))
-	noSecret(t, "the script's output", strings.Join(lines, "\n")+stderr.String())
-	return *res
+	}, onEvent)
+	var res sdkResult
+	require.NoError(t, json.Unmarshal([]byte(line), &res))
+	return res
 }
