@@ -22,7 +22,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +30,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 
+	"chainmend/internal/e2etest"
 	"chainmend/internal/redistest"
 )
 
@@ -1014,25 +1014,6 @@ func configMapDir(t *testing.T, dir string, files map[string]string, gen int) {
 	require.NoError(t, os.Rename(tmp, filepath.Join(dir, "..data")))
 }
 
-// syncBuffer is a bytes.Buffer a process writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-// Write appends p.
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// String returns what was written.
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // activeSet returns the hash of the policy set a gateway's /metrics reports active.
 func activeSet(base string) string {
@@ -1077,7 +1058,7 @@ func TestKubernetesRecipeRuns(t *testing.T) {
 		}
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	logs := &syncBuffer{}
+	logs := &e2etest.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	require.NoError(t, cmd.Start())
 	var waitErr error

@@ -106,22 +106,6 @@ func TestMain(m *testing.M) {
 
 // ---- The stack: emulator + gateway.
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // testStore is the real local store with a switch that makes pending lookups answer
 // Unknown, as a Redis outage would (SPEC R3: "outputs present but pending unknown").
@@ -175,7 +159,7 @@ type stack struct {
 	srv     *gateway.Server
 	reg     *prometheus.Registry
 	store   *testStore
-	logs    *syncBuffer
+	logs    *e2etest.SyncBuffer
 	hs      *httptest.Server
 	wsURL   string
 	httpURL string
@@ -226,7 +210,7 @@ func newStack(t *testing.T, script emulator.Script, opts ...stackOpt) *stack {
 		o.cfg.Upstream = o.front(emu.URL())
 	}
 
-	logs := &syncBuffer{}
+	logs := &e2etest.SyncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	inner, err := statestore.New(statestore.WithRegisterer(reg), statestore.WithLogger(logger))

@@ -28,6 +28,7 @@ import (
 	"chainmend/emulator"
 	"chainmend/engine"
 	"chainmend/gateway"
+	"chainmend/internal/e2etest"
 	"chainmend/internal/settings"
 )
 
@@ -38,7 +39,7 @@ type reloadEnv struct {
 	rl  *gateway.Reloader
 	reg *prometheus.Registry
 	url string
-	log *syncBuffer
+	log *e2etest.SyncBuffer
 }
 
 func readPolicy(t *testing.T, name string) []byte {
@@ -53,7 +54,7 @@ func readPolicy(t *testing.T, name string) []byte {
 func newReloadEnv(t *testing.T, dir string) *reloadEnv {
 	t.Helper()
 	emu := emulator.StartTest(t, emulator.WithScript(emulator.Reply("ok")), emulator.WithRecording(false))
-	logs := &syncBuffer{}
+	logs := &e2etest.SyncBuffer{}
 	reg := prometheus.NewRegistry()
 	cfg := gateway.DefaultConfig()
 	cfg.Upstream = emu.URL()
@@ -290,7 +291,7 @@ type gateEnv struct {
 	srv  *gateway.Server
 	rl   *gateway.Reloader
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *e2etest.SyncBuffer
 }
 
 func newGateEnv(t *testing.T, opts ...gateway.ReloaderOption) *gateEnv {
@@ -305,7 +306,7 @@ func newGateEnv(t *testing.T, opts ...gateway.ReloaderOption) *gateEnv {
 	}
 	emu := emulator.StartTest(t, emulator.WithScript(emulator.Reply("ok")), emulator.WithRecording(false))
 	reg := prometheus.NewRegistry()
-	logs := &syncBuffer{}
+	logs := &e2etest.SyncBuffer{}
 	cfg := gateway.DefaultConfig()
 	cfg.Upstream = emu.URL()
 	cfg.Policies = dir

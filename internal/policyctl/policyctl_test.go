@@ -10,12 +10,13 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"chainmend/internal/e2etest"
 )
 
 func run(args ...string) (int, string, string) {
@@ -369,23 +370,6 @@ func TestTestRunFilterAndJSON(t *testing.T) {
 	assert.Contains(t, out, `"failed": 0`)
 }
 
-// syncBuffer is the watch's output, written by the watch and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestWatch: test --watch runs once, runs again when a fixture changes, and stops when
 // interrupted with the status of its last run.
@@ -405,7 +389,7 @@ func TestWatch(t *testing.T) {
 	watchInterval = 20 * time.Millisecond
 	t.Cleanup(func() { watchContext, watchInterval = old, oldInterval })
 
-	var out, errs syncBuffer
+	var out, errs e2etest.SyncBuffer
 	done := make(chan int, 1)
 	go func() { done <- Main([]string{"test", "--watch", "--policies", dir, fixture}, &out, &errs) }()
 	require.Eventually(t, func() bool { return strings.Contains(out.String(), "watching ") }, 5*time.Second, 10*time.Millisecond)
