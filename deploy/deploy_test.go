@@ -1014,7 +1014,6 @@ func configMapDir(t *testing.T, dir string, files map[string]string, gen int) {
 	require.NoError(t, os.Rename(tmp, filepath.Join(dir, "..data")))
 }
 
-
 // activeSet returns the hash of the policy set a gateway's /metrics reports active.
 func activeSet(base string) string {
 	resp, err := http.Get(base + "/metrics")

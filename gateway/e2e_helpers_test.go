@@ -106,7 +106,6 @@ func TestMain(m *testing.M) {
 
 // ---- The stack: emulator + gateway.
 
-
 // testStore is the real local store with a switch that makes pending lookups answer
 // Unknown, as a Redis outage would (SPEC R3: "outputs present but pending unknown").
 type testStore struct {

@@ -370,7 +370,6 @@ func TestTestRunFilterAndJSON(t *testing.T) {
 	assert.Contains(t, out, `"failed": 0`)
 }
 
-
 // TestWatch: test --watch runs once, runs again when a fixture changes, and stops when
 // interrupted with the status of its last run.
 func TestWatch(t *testing.T) {
