@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,10 @@ type Observer interface {
 
 // Metrics is the Prometheus Observer.
 type Metrics struct {
+	// firedBy caches each (rule, mode) series: a turn fires some ten rules, and resolving a
+	// six-label series hashes and checks every label value every time.
+	firedBy  sync.Map // firedKey → prometheus.Counter
+	stageBy  sync.Map // stageKey → stageSeries
 	fired    *prometheus.CounterVec
 	errors   *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -52,13 +57,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+type firedKey struct {
+	f    Fired
+	mode string
+}
+
 // RuleFired implements Observer.
 func (m *Metrics) RuleFired(f Fired, mode string) {
+	k := firedKey{f, mode}
+	if c, ok := m.firedBy.Load(k); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
 	shadow := "false"
 	if f.Shadow {
 		shadow = "true"
 	}
-	m.fired.WithLabelValues(f.Policy, f.Rule, f.Reason, f.Stage, mode, shadow).Inc()
+	c := m.fired.WithLabelValues(f.Policy, f.Rule, f.Reason, f.Stage, mode, shadow)
+	m.firedBy.Store(k, c)
+	c.Inc()
 }
 
 // RuleError implements Observer.
@@ -66,8 +83,25 @@ func (m *Metrics) RuleError(policy, rule, stage string) {
 	m.errors.WithLabelValues(policy, rule, stage).Inc()
 }
 
+type stageKey struct {
+	stage   string
+	verdict Verdict
+}
+
+type stageSeries struct {
+	duration prometheus.Observer
+	verdict  prometheus.Counter
+}
+
 // StageEvaluated implements Observer.
 func (m *Metrics) StageEvaluated(stage string, v Verdict, d time.Duration) {
-	m.duration.WithLabelValues(stage).Observe(d.Seconds())
-	m.verdicts.WithLabelValues(stage, string(v)).Inc()
+	k := stageKey{stage, v}
+	ss, ok := m.stageBy.Load(k)
+	if !ok {
+		ss = stageSeries{duration: m.duration.WithLabelValues(stage), verdict: m.verdicts.WithLabelValues(stage, string(v))}
+		m.stageBy.Store(k, ss)
+	}
+	s := ss.(stageSeries)
+	s.duration.Observe(d.Seconds())
+	s.verdict.Inc()
 }
