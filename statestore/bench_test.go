@@ -123,12 +123,20 @@ func BenchmarkReadThrough(b *testing.B) {
 	})
 }
 
+// BenchmarkCommitPending is a chained turn's commit: the response's pending calls and its
+// conversation index, the previous response's deleted, the anchor. "redis" reports its
+// round trips per commit, which the conversation index must leave at one.
 func BenchmarkCommitPending(b *testing.B) {
 	ctx := context.Background()
 	ten := TenantOf("Bearer bench")
-	sc := Scope{Tenant: ten, Session: "s"}
-	run := func(b *testing.B, s *Tiered) {
+	run := func(b *testing.B, s *Tiered, sc Scope) {
 		b.ReportAllocs()
+		var rt *roundTrips
+		if s.target != nil {
+			rt = &roundTrips{}
+			s.client().AddHook(rt)
+			b.Cleanup(func() { b.ReportMetric(float64(rt.n.Load())/float64(b.N), "round-trips/op") })
+		}
 		i := 0
 		prev := ""
 		for b.Loop() {
@@ -145,10 +153,11 @@ func BenchmarkCommitPending(b *testing.B) {
 			}
 		}
 	}
-	b.Run("local", func(b *testing.B) { run(b, benchStore(b)) })
+	sc := Scope{Tenant: ten, Session: "s"}
+	b.Run("local", func(b *testing.B) { run(b, benchStore(b), sc) })
 	b.Run("redis", func(b *testing.B) {
 		srv := redistest.Start(b)
-		run(b, benchStore(b, WithRedisURL(srv.URL())))
+		run(b, benchStore(b, WithRedisURL(srv.URL())), sc)
 	})
 }
 
@@ -181,8 +190,10 @@ func BenchmarkReplayAppend(b *testing.B) {
 // BenchmarkMovedRead is the state read of a session that arrived from another instance:
 // anchor, the pending calls of the response it chains to, and the replay transcript, none
 // of them local. "prefetch" is one pipelined round trip (Prefetch, then three local reads);
-// the baseline "single_reads" is the three reads one by one (three round trips). Both run
-// interleaved in "ratio".
+// "prefetch_full" is the same for a full create, which names no previous response (the
+// anchor brings its pending calls, still one round trip); the baseline "single_reads" is
+// the three reads one by one (three round trips). Each reports its round trips per move;
+// "prefetch" and "single_reads" run interleaved in "ratio".
 func BenchmarkMovedRead(b *testing.B) {
 	ctx := context.Background()
 	srv := redistest.Start(b)
@@ -218,22 +229,28 @@ func BenchmarkMovedRead(b *testing.B) {
 		s.Prefetch(ctx, sc, resp)
 		reads()
 	}
+	prefetchFull := func() {
+		drop()
+		s.Prefetch(ctx, sc)
+		reads()
+	}
 	single := func() {
 		drop()
 		reads()
 	}
-	b.Run("prefetch", func(b *testing.B) {
+	rt := &roundTrips{}
+	s.client().AddHook(rt)
+	perMove := func(b *testing.B, f func()) {
 		b.ReportAllocs()
+		rt.n.Store(0)
 		for b.Loop() {
-			prefetch()
+			f()
 		}
-	})
-	b.Run("single_reads", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			single()
-		}
-	})
+		b.ReportMetric(float64(rt.n.Load())/float64(b.N), "round-trips/op")
+	}
+	b.Run("prefetch", func(b *testing.B) { perMove(b, prefetch) })
+	b.Run("prefetch_full", func(b *testing.B) { perMove(b, prefetchFull) })
+	b.Run("single_reads", func(b *testing.B) { perMove(b, single) })
 	b.Run("ratio", func(b *testing.B) {
 		var tp, ts time.Duration
 		for b.Loop() {

@@ -6,6 +6,8 @@ import (
 	"math"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
+
 	"chainmend/responses"
 )
 
@@ -99,8 +101,38 @@ func kindOfCode(c byte) string {
 	}
 }
 
+// Anchor values of version '2' also carry the pending calls of the anchor
+// response, written when one commit put both (issue 14): a session that moves to
+// another instance then reads its anchor and the calls it left pending in one
+// round trip, without knowing the response id beforehand. Payload: the
+// length-prefixed response id, the copy's expiry (unix ms, uvarint), then the
+// calls as in a pending value. The copy never outlives the pending key nor the
+// response's conversation index, through which a commit that deletes or
+// overwrites those calls finds the anchor and strips the copy (stripScript).
+const anchorCarryVersion = '2'
+
+// A tombstone (version '0', then the expiry) is what the write-back leaves of a
+// value it deletes (writeback.go): a delete that keeps its version, so that an
+// older value another instance writes back later does not come back over it.
+// Readers take it for a missing key.
+const tombstoneVersion = '0'
+
+func encodeTombstone(expiresMs int64) []byte {
+	return appendHeaderV(make([]byte, 0, 1+binary.MaxVarintLen64), tombstoneVersion, expiresMs)
+}
+
+// absent reports whether a Redis answer means no value: a missing key, or a
+// tombstone.
+func absent(val string, err error) bool {
+	return errors.Is(err, redis.Nil) || err == nil && len(val) > 0 && val[0] == tombstoneVersion
+}
+
 func appendHeader(b []byte, expiresMs int64) []byte {
-	b = append(b, valueVersion)
+	return appendHeaderV(b, valueVersion, expiresMs)
+}
+
+func appendHeaderV(b []byte, version byte, expiresMs int64) []byte {
+	b = append(b, version)
 	return binary.AppendUvarint(b, uint64(max(expiresMs, 0)))
 }
 
@@ -108,6 +140,11 @@ func readHeader(s string) (expiresMs int64, rest string, err error) {
 	if len(s) == 0 || s[0] != valueVersion {
 		return 0, s, errCorrupt
 	}
+	return readExpiry(s)
+}
+
+// readExpiry reads the expiry after a header's version byte.
+func readExpiry(s string) (expiresMs int64, rest string, err error) {
 	v, w := binary.Uvarint([]byte(s[1:min(len(s), 1+binary.MaxVarintLen64)]))
 	if w <= 0 || v > math.MaxInt64 {
 		return 0, s, errCorrupt
@@ -116,14 +153,22 @@ func readHeader(s string) (expiresMs int64, rest string, err error) {
 }
 
 func encodePending(calls []Call, expiresMs int64) []byte {
-	n := 1 + binary.MaxVarintLen64
+	return appendCalls(appendHeader(make([]byte, 0, 1+binary.MaxVarintLen64+callsLen(calls)), expiresMs), calls)
+}
+
+// callsLen bounds the encoded size of calls.
+func callsLen(calls []Call) int {
+	n := 0
 	for _, c := range calls {
 		n += 1 + binary.MaxVarintLen32 + len(c.ID)
 		if kindCode(c.Kind) == 'x' {
 			n += binary.MaxVarintLen32 + len(c.Kind)
 		}
 	}
-	b := appendHeader(make([]byte, 0, n), expiresMs)
+	return n
+}
+
+func appendCalls(b []byte, calls []Call) []byte {
 	for _, c := range calls {
 		code := kindCode(c.Kind)
 		b = append(b, code)
@@ -142,6 +187,11 @@ func decodePending(s string) (calls []Call, expiresMs int64, err error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	calls, err = decodeCalls(s)
+	return calls, expiresMs, err
+}
+
+func decodeCalls(s string) (calls []Call, err error) {
 	calls = make([]Call, 0, 4)
 	for len(s) > 0 {
 		code := s[0]
@@ -150,28 +200,68 @@ func decodePending(s string) (calls []Call, expiresMs int64, err error) {
 		if code == 'x' {
 			var ok bool
 			if kind, s, ok = readString(s); !ok {
-				return nil, 0, errCorrupt
+				return nil, errCorrupt
 			}
 		} else if kind = kindOfCode(code); kind == "" {
-			return nil, 0, errCorrupt
+			return nil, errCorrupt
 		}
 		id, rest, ok := readString(s)
 		if !ok {
-			return nil, 0, errCorrupt
+			return nil, errCorrupt
 		}
 		s = rest
 		calls = append(calls, Call{ID: id, Kind: kind})
 	}
-	return calls, expiresMs, nil
+	return calls, nil
 }
 
 func encodeAnchor(id string, expiresMs int64) []byte {
 	return append(appendHeader(make([]byte, 0, 1+binary.MaxVarintLen64+len(id)), expiresMs), id...)
 }
 
-func decodeAnchor(s string) (id string, expiresMs int64, err error) {
-	expiresMs, id, err = readHeader(s)
-	return id, expiresMs, err
+// encodeAnchorCarrying encodes an anchor that carries its response's pending
+// calls until callsExpMs (see anchorCarryVersion).
+func encodeAnchorCarrying(id string, expiresMs int64, calls []Call, callsExpMs int64) []byte {
+	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(id)+callsLen(calls))
+	b = appendHeaderV(b, anchorCarryVersion, expiresMs)
+	b = binary.AppendUvarint(b, uint64(len(id)))
+	b = append(b, id...)
+	b = binary.AppendUvarint(b, uint64(max(callsExpMs, 0)))
+	return appendCalls(b, calls)
+}
+
+// anchorValue is a decoded anchor: the response id, and the pending calls it
+// carries when carries is set.
+type anchorValue struct {
+	id         string
+	expiresMs  int64
+	carries    bool
+	calls      []Call
+	callsExpMs int64
+}
+
+func decodeAnchor(s string) (anchorValue, error) {
+	if len(s) > 0 && s[0] == anchorCarryVersion {
+		exp, rest, err := readExpiry(s)
+		if err != nil {
+			return anchorValue{}, err
+		}
+		id, rest, ok := readString(rest)
+		if !ok {
+			return anchorValue{}, errCorrupt
+		}
+		cexp, w := binary.Uvarint([]byte(rest[:min(len(rest), binary.MaxVarintLen64)]))
+		if w <= 0 || cexp > math.MaxInt64 {
+			return anchorValue{}, errCorrupt
+		}
+		calls, err := decodeCalls(rest[w:])
+		if err != nil {
+			return anchorValue{}, err
+		}
+		return anchorValue{id: id, expiresMs: exp, carries: true, calls: calls, callsExpMs: int64(cexp)}, nil
+	}
+	exp, id, err := readHeader(s)
+	return anchorValue{id: id, expiresMs: exp}, err
 }
 
 func encodeConv(session, lane string, expiresMs int64) []byte {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,12 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 	t := s.local
 	now := t.now()
 	t.mu.Lock()
+	var checks []carriedCheck
+	if remote {
+		// Before this batch's own writes: the index still names the
+		// conversation whose anchor may carry the calls it changes.
+		checks = s.carriedChecksLocked(&b, tenant, now)
+	}
 	if p := b.PutPending; p != nil {
 		ttl := p.TTL
 		if ttl <= 0 {
@@ -102,7 +109,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 	if len(touched) == 0 {
 		return nil
 	}
-	res, err := s.writeRedis(context.WithoutCancel(ctx), &b, rw, touched)
+	res, err := s.writeRedis(context.WithoutCancel(ctx), &b, rw, touched, checks)
 	if rw != nil && rw.entry == nil {
 		t.mu.Lock()
 		// A copy this instance read from Redis while the write was in flight
@@ -112,15 +119,19 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 			// Redis missed an append and no local copy can repair it:
 			// remember the gap so neither tier replays a partial history.
 			t.putLocked(rw.key, &entry{expires: t.deadline(s.cfg.ttl[KindReplay]), size: entryOverhead,
-				replay: &replayState{broken: true}, unconfirmed: true})
+				replay: &replayState{broken: true}, unconfirmed: true, kept: true})
 		}
 		t.mu.Unlock()
 	}
 	if err != nil {
+		t.keep(written)
 		s.metrics.commits[commitDegraded].Inc()
 		s.log.Debug("commit kept locally", "err", err)
 		s.kickWriteback() // written back once Redis answers again
 		return fmt.Errorf("%w: %w", ErrDegraded, err)
+	}
+	if s.refusing.Load() {
+		s.acceptsWrites()
 	}
 	t.confirm(written)
 	if rw != nil {
@@ -192,12 +203,14 @@ func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *re
 		}
 		rw.trimmed = st.appendItems(b.ReplayAppend, capBytes)
 		st.last = last
-		cur.expires, cur.unconfirmed = ttl, remote
+		// A new commit is in flight for it: what a failed one left is
+		// settled by this one (a full rewrite, below) or kept again.
+		cur.expires, cur.unconfirmed, cur.kept, cur.contests = ttl, remote, false, 0
 		if resync {
 			rw.mode, rw.items = replayReset, st.items
 		}
 		t.resizeLocked(k, cur, st.size())
-		if cur.size <= t.maxBytes/2 { // else it was too big to keep locally
+		if cur.size <= t.maxValue() { // else it was too big to keep locally
 			rw.entry = cur
 		}
 	case !remote:
@@ -222,25 +235,40 @@ func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *re
 	return rw
 }
 
-// writeRedis sends the batch in one pipeline and returns the replay script's
+// writeRedis sends the batch in one round trip and returns the replay script's
 // result (nil without a replay part).
-func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touched []lkey) ([]any, error) {
+//
+// Under Redis OOM the write is all or nothing (issue 11): on one server
+// (standalone, Sentinel) it is a MULTI/EXEC transaction, which Redis refuses
+// whole when any of its commands is refused; on a Cluster, whose commands of
+// different slots cannot share a transaction, every write of the pipeline is one
+// Redis refuses under OOM before it changes anything (SET, the scripts, whose
+// first write asks for memory, and deletes through delScript), so a full Redis
+// refuses each of them. A Cluster can still take part of a commit when its
+// memory crosses the limit during the pipeline or only some nodes are full; the
+// local copies then stay unconfirmed and are written back whole.
+func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touched []lkey, checks []carriedCheck) ([]any, error) {
 	msg := encodeInvalidation(s.cfg.instanceID, touched)
-	var (
-		replayKeys []string
-		replayArgs []any
-	)
+	sharded := s.sharded()
+	var scripts []*scripted
+	var replay *scripted
 	if rw != nil {
-		replayKeys = []string{
-			sessionKey(rw.key.tenant, rw.key.id, suffixReplay),
-			sessionKey(rw.key.tenant, rw.key.id, suffixReplayMeta),
-		}
 		token := s.cfg.instanceID + ":" + strconv.FormatUint(s.tokens.Add(1), 36)
-		replayArgs = make([]any, 0, 6+len(rw.items))
-		replayArgs = append(replayArgs, token, rw.mode, rw.last, s.cfg.replayCap, s.cfg.ttl[KindReplay].Milliseconds(),
+		args := make([]any, 0, 6+len(rw.items))
+		args = append(args, token, rw.mode, rw.last, s.cfg.replayCap, s.cfg.ttl[KindReplay].Milliseconds(),
 			expiryMs(s.cfg.ttl[KindReplay]))
 		for _, it := range rw.items {
-			replayArgs = append(replayArgs, encodeReplayItem(it))
+			args = append(args, encodeReplayItem(it))
+		}
+		replay = &scripted{sc: replayScript, args: args, keys: []string{
+			sessionKey(rw.key.tenant, rw.key.id, suffixReplay),
+			sessionKey(rw.key.tenant, rw.key.id, suffixReplayMeta),
+		}}
+		scripts = append(scripts, replay)
+	}
+	for i := range checks {
+		if checks[i].known {
+			scripts = append(scripts, checks[i].strip())
 		}
 	}
 	var pendingVal, anchorVal, convVal []byte
@@ -257,17 +285,32 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 		}
 	}
 	if b.Anchor != nil && *b.Anchor != "" {
-		anchorVal = encodeAnchor(*b.Anchor, expiryMs(s.cfg.ttl[KindAnchor]))
+		exp := expiryMs(s.cfg.ttl[KindAnchor])
+		if p := b.PutPending; p != nil && p.ResponseID == *b.Anchor && convVal != nil {
+			// The anchor carries the calls its response left pending (carry.go),
+			// no longer than the pending key and the index that leads to it live.
+			anchorVal = encodeAnchorCarrying(*b.Anchor, exp, p.Calls, min(expiryMs(pendingTTL), expiryMs(convTTL)))
+		} else {
+			anchorVal = encodeAnchor(*b.Anchor, exp)
+		}
 	}
 	// On a Cluster the pipeline runs on several nodes in parallel, so the
 	// announcement could overtake the writes and let another instance
 	// re-read the old value; there it follows the writes instead.
-	publishInline := !s.sharded()
-	useEval := false
+	publishInline := !sharded
 	var res []any
 	err := s.do(ctx, opCommit, func(ctx context.Context) error {
-		var script *redis.Cmd
-		cmds, err := s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
+		run := slices.Clip(scripts) // this attempt's: the deletes join on a Cluster
+		del := func(p redis.Pipeliner, key string) {
+			if !sharded {
+				p.Del(ctx, key) // refused with the whole transaction
+				return
+			}
+			c := &scripted{sc: delScript, keys: []string{key}}
+			c.queue(ctx, p, false)
+			run = append(run, c)
+		}
+		write := func(p redis.Pipeliner) error {
 			if b.PutPending != nil {
 				p.Set(ctx, pendingKey(b.Scope.Tenant, b.PutPending.ResponseID), pendingVal, pendingTTL)
 				if convVal != nil {
@@ -276,52 +319,67 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 				}
 			}
 			for _, id := range b.DeletePending {
-				p.Del(ctx, pendingKey(b.Scope.Tenant, id))
+				del(p, pendingKey(b.Scope.Tenant, id))
 			}
 			if b.Anchor != nil {
 				k := sessionKey(b.Scope.Tenant, b.Scope.id(), suffixAnchor)
 				if *b.Anchor == "" {
-					p.Del(ctx, k)
+					del(p, k)
 				} else {
 					p.Set(ctx, k, anchorVal, s.cfg.ttl[KindAnchor])
 				}
 			}
-			if rw != nil {
-				if useEval {
-					script = replayScript.Eval(ctx, p, replayKeys, replayArgs...)
-				} else {
-					script = replayScript.EvalSha(ctx, p, replayKeys, replayArgs...)
+			for _, c := range scripts {
+				c.queue(ctx, p, false)
+			}
+			for i := range checks {
+				if !checks[i].known {
+					checks[i].get = p.Get(ctx, convKey(checks[i].tenant, checks[i].id))
 				}
 			}
 			if publishInline {
 				s.publish(ctx, p, msg)
 			}
 			return nil
-		})
-		noScript := false
+		}
+		var cmds []redis.Cmder
+		var err error
+		if sharded {
+			cmds, err = s.client().Pipelined(ctx, write)
+		} else {
+			cmds, err = s.client().TxPipelined(ctx, write)
+		}
+		var missing []*scripted
+		for _, c := range run {
+			if c.noScript() {
+				missing = append(missing, c)
+			}
+		}
 		for _, c := range cmds {
-			if cerr := c.Err(); cerr != nil {
-				if c == script && redis.HasErrorPrefix(cerr, "NOSCRIPT") {
-					noScript = true
-					continue
-				}
+			if cerr := c.Err(); cerr != nil && !errors.Is(cerr, redis.Nil) && !redis.HasErrorPrefix(cerr, "NOSCRIPT") {
 				return cerr
 			}
 		}
-		if err != nil && !noScript {
+		if err != nil && len(missing) == 0 && !errors.Is(err, redis.Nil) {
 			return err
 		}
-		if noScript {
-			// First use on this server (or after a restart): send the
-			// source once; the token keeps a repeat harmless.
-			useEval = true
-			cmds, err = s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
-				script = replayScript.Eval(ctx, p, replayKeys, replayArgs...)
+		if len(missing) > 0 {
+			// First use on this server (or after a restart): send the sources
+			// once; the replay token keeps a repeat harmless.
+			again := func(p redis.Pipeliner) error {
+				for _, c := range missing {
+					c.queue(ctx, p, true)
+				}
 				if publishInline {
-					s.publish(ctx, p, msg) // again: the first one overtook the replay write
+					s.publish(ctx, p, msg) // again: the first one overtook these writes
 				}
 				return nil
-			})
+			}
+			if sharded {
+				_, err = s.client().Pipelined(ctx, again)
+			} else {
+				_, err = s.client().TxPipelined(ctx, again)
+			}
 			if err != nil {
 				return err
 			}
@@ -331,11 +389,14 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 				return err
 			}
 		}
-		if script != nil {
-			res, _ = script.Val().([]any)
+		if replay != nil {
+			res, _ = replay.cmd.Val().([]any)
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.stripLate(ctx, checks, b.Scope, b.Anchor != nil)
+	}
 	return res, err
 }
 

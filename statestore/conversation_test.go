@@ -220,7 +220,11 @@ func testCommitRoundTrips(t *testing.T, e *env) {
 	a := e.store(t)
 	ten := tenant(t)
 	sc := Scope{Tenant: ten, Session: "s"}
-	// Load the replay script first; a fresh server's first commit sends it once more.
+	// Load the scripts first (on every node: a Cluster keeps them per node); a server's
+	// first use of one sends it once more.
+	for _, sc := range []*redis.Script{replayScript, delScript, stripScript} {
+		require.NoError(t, sc.Load(ctx, e.raw).Err())
+	}
 	require.NoError(t, a.Commit(ctx, Batch{Scope: sc, ReplayReset: true, ReplayAppend: []ReplayItem{item("message", "", 10)}}))
 	rt := &roundTrips{}
 	a.client().AddHook(rt)

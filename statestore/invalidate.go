@@ -3,6 +3,7 @@ package statestore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -11,13 +12,18 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Subscription timing: a silent connection is pinged after pingEvery, and a
-// lost subscription is re-established with a backoff up to maxBackoff.
+// Subscription timing: a silent connection is pinged after pingEvery and taken
+// for lost when nothing (not even the pong) arrives within pongWait of the ping;
+// a lost subscription is re-established with a backoff up to maxBackoff.
+// pongWait is generous on purpose: a slow Redis (issue 11: 500 ms per command)
+// keeps its subscription, and so the local tier, which every restored
+// subscription flushes; a dead one is found within pingEvery + pongWait.
 const (
 	pingEvery   = time.Second
+	pongWait    = 3 * time.Second
 	minBackoff  = 50 * time.Millisecond
 	maxBackoff  = 2 * time.Second
-	pingTimeout = 500 * time.Millisecond
+	pingTimeout = 500 * time.Millisecond // to write the ping
 )
 
 // subscribeLoop keeps this instance subscribed to the invalidation channel
@@ -41,6 +47,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 		if ps == nil {
 			return
 		}
+		var pinged time.Time // when the unanswered ping went; zero: none
 	receive:
 		for {
 			msg, err := ps.ReceiveTimeout(ctx, pingEvery)
@@ -49,11 +56,20 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 					break receive
 				}
 				if isTimeout(err) {
-					pctx, cancel := context.WithTimeout(ctx, pingTimeout)
-					err = ps.Ping(pctx)
-					cancel()
-					if err == nil {
+					switch {
+					case pinged.IsZero():
+						// The pong arrives as a message, like any other.
+						pctx, cancel := context.WithTimeout(ctx, pingTimeout)
+						err = ps.Ping(pctx)
+						cancel()
+						if err == nil {
+							pinged = time.Now()
+							continue
+						}
+					case time.Since(pinged) < pongWait:
 						continue
+					default:
+						err = fmt.Errorf("no answer to a ping within %s: %w", pongWait, err)
 					}
 				}
 				s.metrics.redisErrors[opSubscribe].Inc()
@@ -64,6 +80,7 @@ func (s *Tiered) subscribeLoop(ctx context.Context) {
 				live = false
 				break receive
 			}
+			pinged = time.Time{} // anything received proves the connection alive
 			switch m := msg.(type) {
 			case *redis.Subscription:
 				if m.Kind != "subscribe" && m.Kind != "ssubscribe" {
@@ -144,8 +161,14 @@ func (s *Tiered) invalidate(payload string) {
 		n, _ = s.heard.LoadOrStore(strings.Clone(from), new(atomic.Int64))
 	}
 	n.(*atomic.Int64).Add(1)
+	contested := false
 	for _, k := range keys {
-		s.local.remove(k)
+		if s.local.invalidate(k) {
+			contested = true
+		}
+	}
+	if contested {
+		s.kickWriteback()
 	}
 	s.metrics.invalReceived.Add(float64(len(keys)))
 }

@@ -152,11 +152,15 @@ func newMetrics(reg prometheus.Registerer, local *localTier) (*metrics, error) {
 		Help: "Approximate bytes held by the local tier.",
 	}, func() float64 { return float64(local.nBytes.Load()) })
 
+	evictions := &evictionCollector{local: local, desc: prometheus.NewDesc(namespace+"_local_evictions_total",
+		"Entries the local tier evicted, by reason: entries or bytes (its bounds), tenant_share (a tenant over its share gave up an entry in place of an older one of a tenant within its own), oversize (a value too large to keep).",
+		[]string{"reason"}, nil)}
+
 	if reg == nil {
 		return m, nil
 	}
 	collectors := []prometheus.Collector{lookups, errs, skipped, m.breakerState, m.ready, m.invalSent,
-		m.invalReceived, m.flushes, commits, m.replayTrims, writebacks, entries, bytes}
+		m.invalReceived, m.flushes, commits, m.replayTrims, writebacks, entries, bytes, evictions}
 	for i, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			// Leave the registerer as it was, so a caller may retry.
@@ -171,4 +175,19 @@ func newMetrics(reg prometheus.Registerer, local *localTier) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// evictionCollector reports the local tier's eviction counters, which the tier
+// keeps itself: it exists before the metrics, and counts under its own lock.
+type evictionCollector struct {
+	local *localTier
+	desc  *prometheus.Desc
+}
+
+func (c *evictionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *evictionCollector) Collect(ch chan<- prometheus.Metric) {
+	for r := 0; r < numEvictReasons; r++ {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.local.evictions[r].Load()), evictNames[r])
+	}
 }

@@ -20,6 +20,7 @@ const (
 	DefaultReplayCap       = 4 << 20
 	DefaultBreakerFailures = 5
 	DefaultBreakerCooldown = time.Second
+	DefaultTenantShare     = 0.25
 )
 
 // Option configures New.
@@ -32,6 +33,7 @@ type config struct {
 	convTTLSet      bool // KindConversation's TTL was set; else it follows KindAnchor's
 	localEntries    int
 	localBytes      int
+	tenantShare     float64
 	hotTTL          time.Duration
 	opTimeout       time.Duration
 	replayCap       int
@@ -48,6 +50,7 @@ func defaultConfig() config {
 	c := config{
 		localEntries:    DefaultLocalEntries,
 		localBytes:      DefaultLocalBytes,
+		tenantShare:     DefaultTenantShare,
 		hotTTL:          DefaultHotTTL,
 		opTimeout:       DefaultOpTimeout,
 		replayCap:       DefaultReplayCap,
@@ -126,11 +129,27 @@ func WithLocalEntries(n int) Option {
 	}
 }
 
-// WithLocalBytes bounds the approximate memory of the local tier in bytes.
+// WithLocalBytes bounds the approximate memory of the local tier in bytes
+// (default 256 MiB). A value larger than half of it, or than one tenant's share
+// (WithTenantShare), is not kept locally.
 func WithLocalBytes(n int) Option {
 	return func(c *config) {
 		if n > 0 {
 			c.localBytes = n
+		}
+	}
+}
+
+// WithTenantShare sets one tenant's share of the local tier's bounds, as a
+// fraction of its bytes and of its entries (default 0.25; 1 turns shares off).
+// A tenant may use the whole tier while it is not full; once it is, the tenants
+// over their share give up their own oldest entries first, so that no tenant
+// can flush every other tenant's state by writing a lot (issue 11). Evictions
+// are counted by reason in chainmend_store_local_evictions_total.
+func WithTenantShare(fraction float64) Option {
+	return func(c *config) {
+		if fraction > 0 && fraction <= 1 {
+			c.tenantShare = fraction
 		}
 	}
 }

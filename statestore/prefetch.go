@@ -24,9 +24,11 @@ var _ Prefetcher = (*Tiered)(nil)
 // another instance. Read one by one, the anchor, then the pending calls of the response it
 // names, then the transcript cost three round trips; here they go in one pipeline. The
 // anchor is not known before the read, so the caller names the response the request itself
-// chains to (its previous_response_id), which is the anchor whenever the chain is intact;
-// when the anchor turns out to be another response, its pending calls are read by Pending
-// as before (a second round trip, only on a broken chain).
+// chains to (its previous_response_id), which is the anchor whenever the chain is intact.
+// A full create names none; the anchor then brings the calls its response left pending
+// (carry.go), so a moved full create costs one round trip too. Only an anchor that carries
+// nothing (its calls were changed since, or it was written without them) and that the
+// request does not name costs Pending a second round trip.
 //
 // Each answer is handled exactly as the single read would handle it (decoded, counted as
 // a Redis lookup, backfilled with the hot TTL, or remembered briefly as absent), so the
@@ -57,9 +59,13 @@ func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...strin
 		hmget        *redis.SliceCmd
 		pendingArray [4]pend
 	)
+	var gens [genSlots]uint64
 	if needSession {
 		if _, _, ok := s.local.anchor(ak); !ok {
 			needAnchor, agen = true, s.local.generation(ak)
+			// The anchor may carry its response's pending calls (keepCarried),
+			// whose key is known only once it is read.
+			s.local.generations(&gens)
 		}
 		if _, _, ok := s.local.replay(rk); !ok {
 			needReplay, rgen = true, s.local.generation(rk)
@@ -106,15 +112,17 @@ func (s *Tiered) Prefetch(ctx context.Context, scope Scope, responseIDs ...strin
 	if err != nil {
 		return
 	}
-	if anchorCmd != nil {
-		s.anchorFrom(ak, agen, anchorCmd.Val(), anchorCmd.Err())
-	}
+	// The pending keys first: read directly, they win over the copy an anchor
+	// carries of the same calls.
 	for _, p := range pends {
 		if p.k.kind == KindConversation {
 			s.conversationFrom(p.k, p.gen, p.cmd.Val(), p.cmd.Err())
 		} else {
 			s.pendingFrom(p.k, p.gen, p.cmd.Val(), p.cmd.Err())
 		}
+	}
+	if anchorCmd != nil {
+		s.anchorFrom(ak, agen, &gens, anchorCmd.Val(), anchorCmd.Err())
 	}
 	if lrange != nil {
 		err := lrange.Err()

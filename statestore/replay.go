@@ -162,6 +162,11 @@ const (
 // a retried write idempotent. It returns {items, bytes, trimmed, broken,
 // duplicate, items cut}.
 //
+// Its first write (the token) asks for memory: under Redis OOM it is refused
+// before anything changed, where a first DEL would have gone through and the
+// writes after it too (a script is never stopped once it has written), leaving
+// a transcript written by a commit Redis otherwise refused.
+//
 // KEYS: list, meta. ARGV: token, mode, last response id, cap bytes, ttl ms,
 // expiry unix ms, elements….
 var replayScript = redis.NewScript(`
@@ -181,6 +186,7 @@ if mode == 'R' or mode == 'T' or mode == 'B' then
   wasTrimmed = mode == 'T'
   if mode == 'B' then mode = 'b' else mode = 'r' end
 end
+redis.call('HSET', meta, 'k', tok)
 if mode == 'r' or mode == 'b' then
   redis.call('DEL', list, meta)
 end

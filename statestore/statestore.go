@@ -14,6 +14,35 @@
 // local copy, and a circuit breaker stops waiting on a dead server. Without a
 // Redis URL the same API works on the local tier alone.
 //
+// A slow Redis is treated as an unreachable one, by choice (issue 11): each
+// operation has a deadline (WithOpTimeout, 50 ms) and one retry, and the breaker
+// opens after a few failures, so no turn waits on a Redis slower than that. The
+// local tier keeps serving the sessions it holds; commits stay local and the
+// write-back brings them to Redis once it answers in time again, never over a
+// newer value. A session that moved to another instance meanwhile finds nothing
+// there (Unknown): the upstream, on its new connection, does not know its
+// previous response, the client resends the whole conversation, and that full
+// create becomes the session's state, served locally from then on. A slow answer
+// is no lost connection: the invalidation subscription stands latencies up to
+// pongWait (3 s), so local tiers are not flushed for them.
+//
+// Under Redis OOM a commit is all or nothing (a transaction on one server; on a
+// Cluster every write is one Redis refuses before it changes anything), and the
+// write-back writes nothing back, and says so once, until Redis takes writes
+// again.
+//
+// The local tier is bounded by entries and bytes (WithLocalEntries,
+// WithLocalBytes). A tenant may fill it alone, but once it is full the tenants
+// over their share (WithTenantShare) give up their own oldest entries first, so
+// that one tenant cannot evict every other tenant's state.
+//
+// Every response with a session is indexed to its conversation (KindConversation:
+// tenant and response id lead to session and lane), so that a client that chains
+// to a response without naming its session finds the session's state
+// (ConversationFinder). A session's anchor carries the calls its response left
+// pending, so that a moved full create, which names no response, reads its state
+// in one round trip too (carry.go).
+//
 // A Redis URL may be written any way go-redis users write one (WithRedisURL).
 // Before its first command the store asks the server what it is and uses the
 // client that fits, or refuses a URL that does not fit with the form to write

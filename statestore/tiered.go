@@ -65,6 +65,8 @@ type Tiered struct {
 	wbKick chan struct{}
 	wbDone chan struct{}
 	wbMu   sync.Mutex // one pass at a time
+	// refusing is set while Redis refuses writes for want of memory (noteRefusal).
+	refusing atomic.Bool
 }
 
 var _ Store = (*Tiered)(nil)
@@ -99,7 +101,7 @@ func New(opts ...Option) (*Tiered, error) {
 	s := &Tiered{
 		cfg:   cfg,
 		log:   cfg.logger,
-		local: newLocalTier(cfg.localEntries, cfg.localBytes),
+		local: newLocalTier(cfg.localEntries, cfg.localBytes, cfg.tenantShare),
 	}
 	s.ready.logged = causeUnlogged
 	s.ready.starting = true
@@ -270,7 +272,7 @@ func (s *Tiered) Pending(ctx context.Context, tenant, responseID string) ([]Call
 // pendingFrom finishes a pending read from Redis (Pending, Prefetch): decode, backfill,
 // count.
 func (s *Tiered) pendingFrom(k lkey, gen uint64, val string, err error) ([]Call, Result) {
-	if errors.Is(err, redis.Nil) {
+	if absent(val, err) {
 		s.backfillNeg(k, gen)
 		return nil, s.redisAnswer(k.kind, Miss)
 	}
@@ -329,6 +331,8 @@ func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
 		return "", Unknown
 	}
 	gen := s.local.generation(k)
+	var gens [genSlots]uint64
+	s.local.generations(&gens)
 	key := sessionKey(scope.Tenant, scope.id(), suffixAnchor)
 	var val string
 	err := s.do(ctx, opAnchor, func(ctx context.Context) error {
@@ -336,27 +340,47 @@ func (s *Tiered) Anchor(ctx context.Context, scope Scope) (string, Result) {
 		val, err = s.client().Get(ctx, key).Result()
 		return err
 	})
-	return s.anchorFrom(k, gen, val, err)
+	return s.anchorFrom(k, gen, &gens, val, err)
 }
 
-// anchorFrom finishes an anchor read from Redis (Anchor, Prefetch).
-func (s *Tiered) anchorFrom(k lkey, gen uint64, val string, err error) (string, Result) {
-	if errors.Is(err, redis.Nil) {
+// anchorFrom finishes an anchor read from Redis (Anchor, Prefetch). gens is the
+// snapshot of every generation taken before the read, for the pending calls the
+// anchor may carry.
+func (s *Tiered) anchorFrom(k lkey, gen uint64, gens *[genSlots]uint64, val string, err error) (string, Result) {
+	if absent(val, err) {
 		s.backfillNeg(k, gen)
 		return "", s.redisAnswer(k.kind, Miss)
 	}
 	if err != nil {
 		return "", s.redisAnswer(k.kind, Unknown)
 	}
-	id, exp, err := decodeAnchor(val)
-	if err != nil || id == "" {
+	a, err := decodeAnchor(val)
+	if err != nil || a.id == "" {
 		s.metrics.redisErrors[opAnchor].Inc()
 		return "", s.redisAnswer(k.kind, Unknown)
 	}
-	if deadline, ok := s.backfillDeadline(exp); ok {
-		s.local.backfill(k, &entry{expires: deadline, size: entryOverhead + len(id), anchor: id}, gen)
+	if deadline, ok := s.backfillDeadline(a.expiresMs); ok {
+		s.local.backfill(k, &entry{expires: deadline, size: entryOverhead + len(a.id), anchor: a.id}, gen)
 	}
-	return id, s.redisAnswer(k.kind, Hit)
+	if a.carries {
+		s.keepCarried(k.tenant, &a, gens)
+	}
+	return a.id, s.redisAnswer(k.kind, Hit)
+}
+
+// keepCarried keeps the pending calls an anchor read from Redis carries, as a
+// Pending read of them would have, so that the Pending call that follows a
+// moved session's first read is local: one round trip for a full create
+// instead of two (issue 14). The rules of a read-through hold: a change of the
+// key since the read began (a local write, or another instance's announcement
+// of a delete or an overwrite) wins, as does any live local entry.
+func (s *Tiered) keepCarried(tenant string, a *anchorValue, gens *[genSlots]uint64) {
+	k := lkey{kind: KindPending, tenant: tenant, id: a.id}
+	deadline, ok := s.backfillDeadline(a.callsExpMs)
+	if !ok {
+		return
+	}
+	s.local.backfill(k, &entry{expires: deadline, size: callsSize(a.calls), calls: a.calls}, s.local.generationIn(gens, k))
 }
 
 var _ ConversationFinder = (*Tiered)(nil)
@@ -399,7 +423,7 @@ func (s *Tiered) Conversation(ctx context.Context, tenant, responseID string) (S
 
 // conversationFrom finishes a conversation read from Redis (Conversation, Prefetch).
 func (s *Tiered) conversationFrom(k lkey, gen uint64, val string, err error) (Scope, Result) {
-	if errors.Is(err, redis.Nil) {
+	if absent(val, err) {
 		s.backfillNeg(k, gen)
 		return Scope{}, s.redisAnswer(k.kind, Miss)
 	}

@@ -50,10 +50,32 @@ func TestPendingCodec(t *testing.T) {
 	v := encodePending([]Call{{ID: "call_abc", Kind: "function_call"}}, time.Now().UnixMilli())
 	assert.LessOrEqual(t, len(v), 1+6+1+1+8, "values stay compact")
 
-	id, exp, err := decodeAnchor(string(encodeAnchor("resp_1", 42)))
-	require.NoError(t, err)
-	assert.Equal(t, "resp_1", id)
-	assert.Equal(t, int64(42), exp)
+}
+
+// TestAnchorCodec: plain anchors, and anchors that carry their response's pending calls.
+func TestAnchorCodec(t *testing.T) {
+	calls := []Call{{ID: "call_1", Kind: "function_call"}, {ID: "x", Kind: "some_future_call"}}
+	for _, tc := range []struct {
+		name string
+		enc  []byte
+		want anchorValue
+	}{
+		{"plain", encodeAnchor("resp_1", 42), anchorValue{id: "resp_1", expiresMs: 42}},
+		{"carrying", encodeAnchorCarrying("resp_1", 42, calls, 7),
+			anchorValue{id: "resp_1", expiresMs: 42, carries: true, calls: calls, callsExpMs: 7}},
+		{"carrying nothing pending", encodeAnchorCarrying("resp_1", 42, nil, 7),
+			anchorValue{id: "resp_1", expiresMs: 42, carries: true, calls: []Call{}, callsExpMs: 7}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := decodeAnchor(string(tc.enc))
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+	for _, bad := range []string{"", "3", "2", "2\x00", "2\x00\x09resp", "2\x00\x01r", "2\x00\x01r\x00q"} {
+		_, err := decodeAnchor(bad)
+		assert.ErrorIs(t, err, errCorrupt, "%q", bad)
+	}
 }
 
 func TestReplayItemCodec(t *testing.T) {

@@ -2,6 +2,8 @@ package statestore
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -39,13 +41,25 @@ const (
 )
 
 // guardScript writes back a pending, anchor or conversation value unless Redis
-// holds one written later (a larger expiry in its header).
+// holds one written later (a larger expiry in its header, whose version is '1',
+// '2' for an anchor that carries calls, or '0' for a tombstone).
 //
-// KEYS: key. ARGV: op ('s' set, 'd' delete), expiry unix ms, value, ttl ms.
-// It returns 1 when it wrote, 0 when a newer value was left in place.
+// KEYS: key. ARGV: op ('s' set, 'd' delete), expiry unix ms, value (for a
+// delete, its tombstone), ttl ms, contested ('1': only over an older value, see
+// below). It returns 1 when it wrote, 0 when a newer value was left in place. A
+// delete leaves a tombstone (see tombstoneVersion), which Redis refuses under
+// OOM like any write: a pass then writes back nothing, not the deletes alone.
+//
+// A contested value (localTier.invalidate: another instance announced a write
+// of the key after this one's failed) is set only over an older value: a key
+// that is gone was deleted by that announced write, and a delete leaves no
+// expiry to compare, so the delete wins.
 var guardScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
-if cur and string.byte(cur, 1) == 49 then
+if not cur and ARGV[1] == 's' and ARGV[5] == '1' then
+  return 0
+end
+if cur and string.byte(cur, 1) >= 48 and string.byte(cur, 1) <= 50 then
   local n, mul, e = 0, 1, nil
   for i = 2, math.min(#cur, 11) do
     local b = string.byte(cur, i)
@@ -60,11 +74,7 @@ if cur and string.byte(cur, 1) == 49 then
     return 0
   end
 end
-if ARGV[1] == 'd' then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1
 `)
 
@@ -93,6 +103,7 @@ func (s *Tiered) writebackLoop(ctx context.Context) {
 		backoff := wbMinBackoff
 		for passes := 0; ctx.Err() == nil; {
 			again, err := s.writeBack(ctx)
+			s.noteRefusal(err)
 			if err == nil {
 				passes++
 				if !again || passes >= wbMaxPasses {
@@ -111,24 +122,41 @@ func (s *Tiered) writebackLoop(ctx context.Context) {
 	}
 }
 
+// noteRefusal logs once when Redis starts refusing writes for want of memory;
+// acceptsWrites logs once when a write goes through again. In between nothing is
+// written back, and no log line says it was.
+func (s *Tiered) noteRefusal(err error) {
+	if errors.Is(err, errRefusesWrites) && !s.refusing.Swap(true) {
+		s.log.Warn("redis refuses writes (out of memory): state committed meanwhile stays local and is written back once it accepts them", "err", err)
+	}
+}
+
+// acceptsWrites ends a refusal noted by noteRefusal (see there).
+func (s *Tiered) acceptsWrites() {
+	if s.refusing.Swap(false) {
+		s.log.Info("redis accepts writes again")
+	}
+}
+
 // wbItem is one key of a write-back pass.
 type wbItem struct {
 	k lkey
 	e *entry // nil: a lost key (see localTier.lost)
 
-	skip    bool
-	version int64 // e.expires when the values below were taken
-	expMs   int64 // the value's expiry, unix ms
-	ttl     time.Duration
-	del     bool // delete (or, for a transcript, mark broken)
-	calls   []Call
-	anchor  string
-	session string // a conversation's
-	lane    string
-	items   []ReplayItem
-	last    string
-	trimmed bool
-	bytes   int
+	skip     bool
+	contests uint32 // e.contests when the values below were taken
+	version  int64  // e.expires when the values below were taken
+	expMs    int64  // the value's expiry, unix ms
+	ttl      time.Duration
+	del      bool // delete (or, for a transcript, mark broken)
+	calls    []Call
+	anchor   string
+	session  string // a conversation's
+	lane     string
+	items    []ReplayItem
+	last     string
+	trimmed  bool
+	bytes    int
 
 	cmd    *redis.Cmd
 	result int // a wb* result
@@ -214,7 +242,7 @@ func (t *localTier) snapshot(batch []wbItem) {
 			continue
 		}
 		left := time.Duration(cur.expires - now)
-		it.version, it.ttl, it.expMs = cur.expires, left, wall.Add(left).UnixMilli()
+		it.version, it.ttl, it.expMs, it.contests = cur.expires, left, wall.Add(left).UnixMilli(), cur.contests
 		switch it.k.kind {
 		case KindPending:
 			it.del, it.calls = cur.neg, cur.calls
@@ -255,12 +283,16 @@ func (s *Tiered) writeBackBatch(ctx context.Context, batch []wbItem) (again bool
 		if len(changed) == 0 {
 			return nil
 		}
+		if err := s.stripWrittenBack(ctx, batch); err != nil {
+			return err
+		}
 		return s.publishNow(ctx, encodeInvalidation(s.cfg.instanceID, changed))
 	})
 	if err != nil {
 		return false, err
 	}
-	written := 0
+	written, stored := 0, false
+	var undo []*wbItem
 	t := s.local
 	t.mu.Lock()
 	for i := range batch {
@@ -275,6 +307,7 @@ func (s *Tiered) writeBackBatch(ctx context.Context, batch []wbItem) (again bool
 		if it.result == wbWritten || it.result == wbDeleted {
 			written++
 		}
+		stored = stored || it.result == wbWritten && !it.del
 		if it.e == nil {
 			if exp, ok := t.lost[it.k]; ok && exp == it.expMs {
 				delete(t.lost, it.k)
@@ -284,13 +317,22 @@ func (s *Tiered) writeBackBatch(ctx context.Context, batch []wbItem) (again bool
 		cur, ok := t.lru.Peek(it.k)
 		same := ok && cur == it.e && cur.expires == it.version
 		switch {
+		case it.k.kind == KindPending && !it.del && it.result == wbWritten && !same && !(ok && cur.neg):
+			// Dropped during the pass (or since read back): another instance
+			// answered (or wrote) these calls, and this pass may have put them
+			// back after it.
+			undo = append(undo, it)
 		case same && it.result == wbSuperseded:
 			// Redis holds a later value: this copy is stale.
 			t.removeLocked(it.k)
+		case same && cur.contests != it.contests:
+			// Another instance announced a write of the key after this pass
+			// took the value: it may have landed after ours. Check again.
+			again = true
 		case same:
 			// Written back (or, failing that, deleted from Redis and kept
 			// here): nothing more to do for this value.
-			cur.unconfirmed = false
+			cur.unconfirmed, cur.kept, cur.contests = false, false, 0
 		case ok && cur.neg && it.result == wbWritten:
 			// A delete committed meanwhile may have reached Redis before
 			// this older value did: write the delete again.
@@ -299,11 +341,58 @@ func (s *Tiered) writeBackBatch(ctx context.Context, batch []wbItem) (again bool
 		}
 	}
 	t.mu.Unlock()
+	if len(undo) > 0 {
+		s.undoWriteback(ctx, undo)
+	}
+	if stored {
+		s.acceptsWrites() // a delete alone proves nothing: Redis takes those when full
+	}
 	if written > 0 {
 		s.metrics.invalSent.Add(float64(written))
 		s.log.Info("state committed while redis was unreachable written back", "keys", written)
 	}
 	return again, nil
+}
+
+// undoScript deletes KEYS[1] if it still holds exactly ARGV[1], and returns 1
+// when it did: it takes back a value the write-back wrote, unless someone
+// wrote over it since.
+var undoScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// undoWriteback takes back pending calls a pass wrote while another instance's
+// write of them was announced (see localTier.invalidate), and announces the
+// keys it deleted. A failure leaves them until they expire; it is logged.
+func (s *Tiered) undoWriteback(ctx context.Context, items []*wbItem) {
+	err := s.doTimeout(ctx, opWriteback, wbTimeout, func(ctx context.Context) error {
+		cmds := make([]*scripted, len(items))
+		for i, it := range items {
+			cmds[i] = &scripted{sc: undoScript, keys: []string{it.k.redisKey()}, args: []any{encodePending(it.calls, it.expMs)}}
+		}
+		if err := s.runScripts(ctx, cmds); err != nil {
+			return err
+		}
+		var gone []lkey
+		for i, c := range cmds {
+			if n, _ := c.cmd.Int(); n == 1 {
+				gone = append(gone, items[i].k)
+				// A copy read back meanwhile; our own announcement never
+				// reaches us.
+				s.local.dropConfirmed(items[i].k)
+			}
+		}
+		if len(gone) == 0 {
+			return nil
+		}
+		return s.publishNow(ctx, encodeInvalidation(s.cfg.instanceID, gone))
+	})
+	if err != nil {
+		s.log.Warn("pending calls written back over a newer write could not be taken back; they last until they expire", "keys", len(items), "err", err)
+	}
 }
 
 // runWriteback sends one pipeline of the items without a result yet: their
@@ -340,6 +429,11 @@ func (s *Tiered) runWriteback(ctx context.Context, batch []wbItem, asDelete bool
 				retry = append(retry, it)
 			case unhealthy(cerr):
 				return cerr
+			case refusesWrites(cerr):
+				// Redis is full, not this value wrong: deleting it there would
+				// lose what this instance alone holds. The pass ends and is
+				// tried again later, every value still unconfirmed.
+				return fmt.Errorf("%w: %w", errRefusesWrites, cerr)
 			default:
 				// Redis refused this value (an error reply): it keeps no
 				// result, and a delete is tried next.
@@ -349,6 +443,70 @@ func (s *Tiered) runWriteback(ctx context.Context, batch []wbItem, asDelete bool
 		todo, useEval = retry, true
 	}
 	return nil
+}
+
+// errRefusesWrites reports a write Redis refused for want of memory (OOM with
+// maxmemory and the noeviction policy, or a policy that found nothing to evict).
+var errRefusesWrites = errors.New("statestore: redis refuses writes (out of memory)")
+
+// refusesWrites reports whether err is Redis refusing a write for want of memory.
+func refusesWrites(err error) bool { return redis.HasErrorPrefix(err, "OOM") }
+
+// stripWrittenBack strips the copies of pending calls written back or deleted
+// by a pass from the anchors that may carry them (carry.go): the commit that
+// changed them meanwhile could not. A conversation this instance does not know
+// is asked of Redis first.
+func (s *Tiered) stripWrittenBack(ctx context.Context, batch []wbItem) error {
+	var checks []carriedCheck
+	t := s.local
+	t.mu.Lock()
+	now := t.now()
+	for i := range batch {
+		it := &batch[i]
+		if it.skip || it.k.kind != KindPending || (it.result != wbWritten && it.result != wbDeleted) {
+			continue
+		}
+		e, ok := t.peekLocked(lkey{kind: KindConversation, tenant: it.k.tenant, id: it.k.id}, now)
+		switch {
+		case ok && e.neg:
+		case ok:
+			checks = append(checks, carriedCheck{tenant: it.k.tenant, id: it.k.id, known: true,
+				owner: Scope{Tenant: it.k.tenant, Session: e.session, Lane: e.lane}})
+		default:
+			checks = append(checks, carriedCheck{tenant: it.k.tenant, id: it.k.id})
+		}
+	}
+	t.mu.Unlock()
+	var strips []*scripted
+	var ask []*carriedCheck
+	for i := range checks {
+		if checks[i].known {
+			strips = append(strips, checks[i].strip())
+		} else {
+			ask = append(ask, &checks[i])
+		}
+	}
+	if len(ask) > 0 {
+		_, err := s.client().Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, c := range ask {
+				c.get = p.Get(ctx, convKey(c.tenant, c.id))
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		for _, c := range ask {
+			if owner, ok := c.needsStrip(Scope{}, false); ok {
+				c.owner, c.known = owner, true
+				strips = append(strips, c.strip())
+			}
+		}
+	}
+	if len(strips) == 0 {
+		return nil
+	}
+	return s.runScripts(ctx, strips)
 }
 
 // writebackCmd queues the write of one item.
@@ -364,7 +522,7 @@ func (s *Tiered) writebackCmd(ctx context.Context, p redis.Pipeliner, it *wbItem
 	case KindPending, KindAnchor, KindConversation:
 		key := it.k.redisKey()
 		if it.del {
-			return run(guardScript, []string{key}, "d", it.expMs, "", ttlMs)
+			return run(guardScript, []string{key}, "d", it.expMs, encodeTombstone(it.expMs), ttlMs, "0")
 		}
 		var val []byte
 		switch it.k.kind {
@@ -375,7 +533,11 @@ func (s *Tiered) writebackCmd(ctx context.Context, p redis.Pipeliner, it *wbItem
 		default:
 			val = encodeConv(it.session, it.lane, it.expMs)
 		}
-		return run(guardScript, []string{key}, "s", it.expMs, val, ttlMs)
+		contested := "0"
+		if it.contests > 0 {
+			contested = "1"
+		}
+		return run(guardScript, []string{key}, "s", it.expMs, val, ttlMs, contested)
 	default:
 		keys := []string{
 			sessionKey(it.k.tenant, it.k.id, suffixReplay),

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestServerKillRestart(t *testing.T) {
@@ -75,5 +77,45 @@ func TestSentinel(t *testing.T) {
 	nc := d.Servers[1].Client()
 	if v, err := nc.Get(ctx, "k").Result(); err != nil || v != "v2" {
 		t.Fatalf("new master holds %q, %v; want v2", v, err)
+	}
+}
+
+func TestSlow(t *testing.T) {
+	s := Start(t)
+	p := StartSlow(t, s.Addr)
+	c := redis.NewClient(&redis.Options{Addr: p.Addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatalf("set through the proxy: %v", err)
+	}
+	p.SetLatency(200 * time.Millisecond)
+	start := time.Now()
+	cmds, err := c.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		for i := 0; i < 10; i++ {
+			pl.Get(ctx, "k")
+		}
+		return nil
+	})
+	took := time.Since(start)
+	if err != nil || len(cmds) != 10 || cmds[9].(*redis.StringCmd).Val() != "v" {
+		t.Fatalf("pipeline through the slow proxy: %v", err)
+	}
+	if took < 200*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("a pipeline took %s, want the latency once (200 ms)", took)
+	}
+	// A deadline shorter than the latency fails, and the connection survives it
+	// on the server's side: the next command answers once the latency is gone.
+	sctx, scancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	err = c.Get(sctx, "k").Err()
+	scancel()
+	if err == nil {
+		t.Fatal("a 50 ms deadline met a 200 ms latency")
+	}
+	p.SetLatency(0)
+	time.Sleep(250 * time.Millisecond)
+	if v, err := c.Get(ctx, "k").Result(); err != nil || v != "v" {
+		t.Fatalf("after the latency: %q, %v", v, err)
 	}
 }
