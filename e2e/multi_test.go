@@ -194,7 +194,9 @@ func (p *pair) reconnectRun(t *testing.T, session string, second *Gateway, k rec
 	if second == p.a {
 		assert.Zero(t, redisHits()-hits, "A serves the session from its local tier")
 	} else {
-		assert.GreaterOrEqual(t, redisHits()-hits, 3.0, "B reads anchor, pending calls and replay from Redis")
+		// Anchor and transcript; the anchor's pending calls ride with the anchor (issue 14:
+		// a moved session reads in one round trip).
+		assert.GreaterOrEqual(t, redisHits()-hits, 2.0, "B reads anchor (with its pending calls) and replay from Redis")
 	}
 	creates := p.emu.Creates()
 	require.Len(t, creates, n+1, "one create upstream: repaired before sending, no upstream error, no retry")
@@ -240,7 +242,7 @@ func (p *pair) invalidation(t *testing.T) {
 	r := b1.Turn(Chained("msg_not_a_response", User("x")))
 	require.Equal(t, "error", r.Last.Type, "%s", r.Last.Raw)
 	require.Equal(t, "invalid_previous_response_id", r.Last.Error.Code)
-	assert.GreaterOrEqual(t, redisHits()-hits, 3.0, "B read anchor, pending calls and replay from Redis (and keeps them locally)")
+	assert.GreaterOrEqual(t, redisHits()-hits, 2.0, "B read anchor (with its pending calls) and replay from Redis (and keeps them locally)")
 	inval := received()
 
 	// A answers the call: the anchor moves to resp2, resp1's pending entry is deleted, the
