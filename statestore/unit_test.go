@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -50,6 +51,24 @@ func TestPendingCodec(t *testing.T) {
 	v := encodePending([]Call{{ID: "call_abc", Kind: "function_call"}}, time.Now().UnixMilli())
 	assert.LessOrEqual(t, len(v), 1+6+1+1+8, "values stay compact")
 
+}
+
+// TestAbsent: a missing key and a tombstone are no value; anything else, or an error, is not.
+func TestAbsent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		val  string
+		err  error
+		want bool
+	}{
+		{"missing key", "", redis.Nil, true},
+		{"tombstone", string(encodeTombstone(42)), nil, true},
+		{"pending value", string(encodePending(nil, 42)), nil, false},
+		{"anchor", string(encodeAnchor("resp_1", 42)), nil, false},
+		{"redis error", "", errors.New("boom"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) { assert.Equal(t, tc.want, absent(tc.val, tc.err)) })
+	}
 }
 
 // TestAnchorCodec: plain anchors, and anchors that carry their response's pending calls.

@@ -26,8 +26,10 @@ import (
 // (by another instance, or by this one's next commit) in place; the local
 // copy is then dropped. A value that cannot be written back (it was evicted
 // from the local tier before Redis answered, or Redis refuses it) is deleted
-// from Redis instead (a transcript is marked broken), so readers see a miss
-// rather than stale state.
+// from Redis instead (a tombstone that keeps the delete's version; a
+// transcript is marked broken), so readers see a miss rather than stale state.
+// While Redis refuses writes for want of memory, nothing is written back and
+// nothing deleted: the values stay unconfirmed until it takes them.
 const (
 	wbBatchKeys  = 128             // keys per pipeline
 	wbBatchBytes = 8 << 20         // transcript bytes per pipeline

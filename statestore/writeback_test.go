@@ -22,6 +22,7 @@ func TestWriteback(t *testing.T) {
 			t.Run("AfterBlip", func(t *testing.T) { testWritebackAfterBlip(t, e) })
 			t.Run("NeverOverANewerValue", func(t *testing.T) { testWritebackSuperseded(t, e) })
 			t.Run("LostValuesDeleted", func(t *testing.T) { testWritebackLost(t, e) })
+			t.Run("NeverOverANewerDelete", func(t *testing.T) { testWritebackTombstone(t, e) })
 		})
 	}
 }
@@ -171,4 +172,28 @@ func testWritebackLost(t *testing.T, e *env) {
 	}
 	_, r = a.Anchor(ctx, scope(0))
 	assert.Equal(t, Miss, r, "A reads Redis again")
+}
+
+// Another instance's write-back deleted the calls (answered elsewhere) later than A put
+// them: the delete leaves a tombstone with its version, so A's older put does not come
+// back over it.
+func testWritebackTombstone(t *testing.T, e *env) {
+	ctx := context.Background()
+	a := e.store(t, WithBreaker(1, time.Hour))
+	ten := tenant(t)
+	a.breaker.failure(false) // Redis "down" for A
+	require.ErrorIs(t, a.Commit(ctx, Batch{Scope: Scope{Tenant: ten}, PutPending: &PendingPut{ResponseID: "resp_a", Calls: calls1("ca")}}), ErrDegraded)
+	later := time.Now().Add(2 * time.Hour).UnixMilli()
+	require.NoError(t, guardScript.Run(ctx, e.raw, []string{pendingKey(ten, "resp_a")}, "d", later, encodeTombstone(later),
+		time.Hour.Milliseconds(), "0").Err())
+
+	a.breaker.success() // Redis "back"
+	eventually(t, 10*time.Second, func() bool { return wb(a, wbSuperseded) >= 1 }, "write-back")
+	_, r := a.Pending(ctx, ten, "resp_a")
+	assert.Equal(t, Miss, r, "A drops its older value")
+	v, err := e.raw.Get(ctx, pendingKey(ten, "resp_a")).Result()
+	require.NoError(t, err)
+	assert.True(t, absent(v, nil), "the tombstone stays")
+	_, r = e.store(t).Pending(ctx, ten, "resp_a")
+	assert.Equal(t, Miss, r, "and reads as no value")
 }

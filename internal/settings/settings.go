@@ -36,6 +36,10 @@ type Settings struct {
 	// empty: compile only. It is a process option, not a gateway one, because the fixture
 	// harness that runs it must never be part of the gateway package.
 	ReloadGate string
+	// StoreLocalBytes bounds the local tier's memory; StoreTenantShare is one tenant's share
+	// of it (issue 11: no tenant can flush every other tenant's state).
+	StoreLocalBytes  int
+	StoreTenantShare float64
 	// Tracing is the OpenTelemetry export (tracing.go).
 	Tracing
 	// DecisionLog is the decision log (decisionlog.go).
@@ -46,7 +50,7 @@ type Settings struct {
 // GATEWAY_CONFIG), the environment (GATEWAY_LISTEN, GATEWAY_UPSTREAM, …: the flag name
 // upper-cased, dashes as underscores), and flags. Usage and flag errors go to stderr.
 func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settings, error) {
-	st := &Settings{Config: gateway.DefaultConfig(), LogLevel: "info", LogFormat: "text"}
+	st := &Settings{Config: gateway.DefaultConfig(), LogLevel: "info", LogFormat: "text", StoreLocalBytes: 256 << 20, StoreTenantShare: 0.25}
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &st.Config
@@ -92,6 +96,8 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 	fs.DurationVar(&c.BodyReadTimeout, "body-read-timeout", c.BodyReadTimeout, "longest read of one HTTP request body")
 	fs.Int64Var(&c.MaxBodyBytesInFlight, "max-body-bytes-in-flight", c.MaxBodyBytesInFlight, "bytes of HTTP request bodies the gateway holds at once (at least --max-frame-bytes)")
 	fs.DurationVar(&c.ClientIdleTimeout, "client-idle-timeout", c.ClientIdleTimeout, "close client connections idle this long (WebSocket with nothing in flight, HTTP keep-alive)")
+	fs.IntVar(&st.StoreLocalBytes, "store-local-bytes", st.StoreLocalBytes, "memory bound of the local state tier in bytes")
+	fs.Float64Var(&st.StoreTenantShare, "store-tenant-share", st.StoreTenantShare, "one tenant's share of the local tier once it is full (0 < f ≤ 1; 1: no shares)")
 	fs.StringVar(&st.LogLevel, "log-level", st.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&st.LogFormat, "log-format", st.LogFormat, "text or json")
 	st.tracingFlags(fs)
@@ -185,6 +191,8 @@ func (st *Settings) openStore(log *slog.Logger, reg prometheus.Registerer, extra
 		statestore.WithTTL(statestore.KindAnchor, st.AnchorTTL),
 		statestore.WithTTL(statestore.KindReplay, st.ReplayTTL),
 		statestore.WithReplayCap(st.ReplayCapBytes),
+		statestore.WithLocalBytes(st.StoreLocalBytes),
+		statestore.WithTenantShare(st.StoreTenantShare),
 	}
 	store, err := statestore.New(append(opts, extra...)...)
 	if err != nil {

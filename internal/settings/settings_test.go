@@ -158,6 +158,6 @@ func TestFlagNames(t *testing.T) {
 		"log-level", "max-body-bytes-in-flight", "max-connections", "max-frame-bytes", "max-queued-bytes", "max-queued-bytes-total", "max-queued-frames", "max-tenant-connections", "metrics-listen", "mode",
 		"otel", "otel-endpoint",
 		"pending-ttl", "policies", "recovery", "redis", "reload-gate", "reload-poll", "replay-cap-bytes", "replay-ttl",
-		"session-headers", "shutdown-grace", "store-timeout", "tenant-headers", "upstream", "upstream-max-age", "write-timeout",
+		"session-headers", "shutdown-grace", "store-local-bytes", "store-tenant-share", "store-timeout", "tenant-headers", "upstream", "upstream-max-age", "write-timeout",
 	}, got)
 }
