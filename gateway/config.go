@@ -50,6 +50,10 @@ type Config struct {
 	// per tenant (credential), so one tenant cannot starve the others.
 	MaxConnections       int `yaml:"max_connections"`
 	MaxTenantConnections int `yaml:"max_tenant_connections"`
+	// MaxSourceConnections caps them per client address (0: no cap), so that one address
+	// with random credentials cannot fill MaxConnections. Behind a proxy every client has the
+	// proxy's address: raise it or set 0 there.
+	MaxSourceConnections int `yaml:"max_source_connections"`
 	// MaxQueuedFrames bounds the creates of a connection that wait for their lane (each lane
 	// runs one turn at a time); well above what the upstream takes (16 in flight, 32 lanes),
 	// so the gateway never refuses what the upstream would queue.
@@ -112,6 +116,7 @@ func DefaultConfig() Config {
 
 		MaxConnections:       10000,
 		MaxTenantConnections: 512,
+		MaxSourceConnections: 1024,
 		MaxQueuedFrames:      256,
 		MaxQueuedBytes:       64 << 20,
 		MaxQueuedBytesTotal:  1 << 30,

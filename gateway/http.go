@@ -28,11 +28,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	connID := "http-" + strconv.FormatUint(s.connSeq.Add(1), 36)
 	// An HTTP request holds a connection slot like a WebSocket does, under its tenant.
 	tenant := s.tenantOf(r.Header, connID)
-	if limit, ok := s.admit(tenant); !ok {
+	if limit, ok := s.admit(tenant, sourceOf(r)); !ok {
 		s.refuseAdmission(w, limit)
 		return
 	}
-	defer s.release(tenant)
+	defer s.release(tenant, sourceOf(r))
 	body, held, err := s.readBody(w, r)
 	defer s.bodies.give(held)
 	if err != nil {

@@ -276,3 +276,20 @@ func TestConflictingLengthHeaders(t *testing.T) {
 	require.Len(t, s.creates(), 1)
 	assert.JSONEq(t, body, string(s.creates()[0].Frame), "the upstream got the chunked body, whole")
 }
+
+// TestSourceConnectionLimit: one address with a new random credential per connection cannot
+// fill the global limit (issue 11 item 4): the per-address cap refuses it first.
+func TestSourceConnectionLimit(t *testing.T) {
+	s := newStack(t, emulator.Reply("ok"), withConfig(func(c *gateway.Config) {
+		c.MaxSourceConnections = 3
+		c.MaxConnections = 10
+	}))
+	for i := 0; i < 3; i++ {
+		_, code := dialStatus(t, s.wsURL, fmt.Sprintf("sk-random-%d", i))
+		require.Equal(t, http.StatusSwitchingProtocols, code)
+	}
+	_, code := dialStatus(t, s.wsURL, "sk-random-3")
+	assert.Equal(t, http.StatusTooManyRequests, code)
+	assert.Equal(t, 1.0, s.counter("chainmend_limit_rejections_total", map[string]string{"limit": "source_connections"}))
+	assert.Zero(t, s.counter("chainmend_limit_rejections_total", map[string]string{"limit": "connections"}), "the global limit never filled")
+}

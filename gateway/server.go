@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -43,6 +44,7 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	tenants  map[string]int
+	sources  map[string]int
 	conns    int
 	closed   bool
 	draining bool
@@ -89,7 +91,7 @@ func New(cfg Config, opts ...Option) (*Server, error) {
 	if cfg.TenantHeaders == nil {
 		cfg.TenantHeaders = DefaultTenantHeaders
 	}
-	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, tenants: map[string]int{}}
+	s := &Server{cfg: cfg, sessions: map[*session]struct{}{}, tenants: map[string]int{}, sources: map[string]int{}}
 	s.bodies.max.Store(cfg.MaxBodyBytesInFlight)
 	s.queued.max.Store(cfg.MaxQueuedBytesTotal)
 	for _, o := range opts {
@@ -252,36 +254,54 @@ func (s *Server) refuseAdmission(w http.ResponseWriter, limit string) {
 	switch limit {
 	case "tenant_connections":
 		msg = fmt.Sprintf("too many open connections for this credential (limit %d)", s.cfg.MaxTenantConnections)
+	case "source_connections":
+		msg = fmt.Sprintf("too many open connections from this address (limit %d)", s.cfg.MaxSourceConnections)
 	case "shutting_down":
 		status, msg = http.StatusServiceUnavailable, "the gateway is shutting down; reconnect"
 	}
 	httpError(w, responses.ErrorBody{Status: status, Type: "rate_limit_error", Code: limit, Message: msg})
 }
 
-// admit reserves a connection slot for a tenant, or says which limit refuses it.
-func (s *Server) admit(tenant string) (limit string, ok bool) {
+// admit reserves a connection slot for a tenant from a source address, or says which
+// limit refuses it. The per-tenant and per-source limits come before the global one, so that
+// no one credential, and no one address with random credentials, can fill it.
+func (s *Server) admit(tenant, source string) (limit string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.closed || s.draining:
 		return "shutting_down", false
-	case s.conns >= s.cfg.MaxConnections:
-		return "connections", false
 	case s.tenants[tenant] >= s.cfg.MaxTenantConnections:
 		return "tenant_connections", false
+	case s.cfg.MaxSourceConnections > 0 && s.sources[source] >= s.cfg.MaxSourceConnections:
+		return "source_connections", false
+	case s.conns >= s.cfg.MaxConnections:
+		return "connections", false
 	}
 	s.conns++
 	s.tenants[tenant]++
+	s.sources[source]++
 	return "", true
 }
 
-func (s *Server) release(tenant string) {
+func (s *Server) release(tenant, source string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.conns--
 	if s.tenants[tenant]--; s.tenants[tenant] <= 0 {
 		delete(s.tenants, tenant)
 	}
+	if s.sources[source]--; s.sources[source] <= 0 {
+		delete(s.sources, source)
+	}
+}
+
+// sourceOf is the address a request comes from, without its port.
+func sourceOf(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
 }
 
 func (s *Server) track(ss *session) bool {

@@ -60,11 +60,11 @@ func (ss *session) drain() { ss.drainOnce.Do(func() { close(ss.drainCh) }) }
 func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	connID := s.instance + "-" + strconv.FormatUint(s.connSeq.Add(1), 36)
 	tenant := s.tenantOf(r.Header, connID)
-	if limit, ok := s.admit(tenant); !ok {
+	if limit, ok := s.admit(tenant, sourceOf(r)); !ok {
 		s.refuseAdmission(w, limit)
 		return
 	}
-	defer s.release(tenant)
+	defer s.release(tenant, sourceOf(r))
 	ctx, cancel := context.WithCancel(context.Background())
 	ss := &session{
 		srv:     s,

@@ -77,6 +77,7 @@ func Parse(args []string, getenv func(string) string, stderr io.Writer) (*Settin
 	fs.DurationVar(&c.StoreTimeout, "store-timeout", c.StoreTimeout, "per-operation Redis deadline")
 	fs.IntVar(&c.MaxConnections, "max-connections", c.MaxConnections, "open client connections, in total")
 	fs.IntVar(&c.MaxTenantConnections, "max-tenant-connections", c.MaxTenantConnections, "open client connections per tenant (credential)")
+	fs.IntVar(&c.MaxSourceConnections, "max-source-connections", c.MaxSourceConnections, "open client connections per client address (0: no cap; behind a proxy raise it or set 0)")
 	fs.IntVar(&c.MaxQueuedFrames, "max-queued-frames", c.MaxQueuedFrames, "creates of one connection that may wait for their lanes")
 	fs.Int64Var(&c.MaxQueuedBytes, "max-queued-bytes", c.MaxQueuedBytes, "bytes of those waiting creates (at least --max-frame-bytes)")
 	fs.Int64Var(&c.MaxQueuedBytesTotal, "max-queued-bytes-total", c.MaxQueuedBytesTotal, "bytes of waiting creates across all connections (at least --max-queued-bytes)")

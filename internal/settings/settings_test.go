@@ -155,7 +155,7 @@ func TestFlagNames(t *testing.T) {
 		"anchor-ttl", "body-read-timeout", "client-idle-timeout", "config",
 		"decision-log", "decision-log-keep", "decision-log-max-bytes",
 		"dial-timeout", "first-event-timeout", "idle-timeout", "listen", "log-format",
-		"log-level", "max-body-bytes-in-flight", "max-connections", "max-frame-bytes", "max-queued-bytes", "max-queued-bytes-total", "max-queued-frames", "max-tenant-connections", "metrics-listen", "mode",
+		"log-level", "max-body-bytes-in-flight", "max-connections", "max-frame-bytes", "max-queued-bytes", "max-queued-bytes-total", "max-queued-frames", "max-source-connections", "max-tenant-connections", "metrics-listen", "mode",
 		"otel", "otel-endpoint",
 		"pending-ttl", "policies", "recovery", "redis", "reload-gate", "reload-poll", "replay-cap-bytes", "replay-ttl",
 		"session-headers", "shutdown-grace", "store-local-bytes", "store-tenant-share", "store-timeout", "tenant-headers", "upstream", "upstream-max-age", "write-timeout",
