@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -177,10 +178,14 @@ func (d *turn) finish(outcome string) string {
 	s.metrics.turns.WithLabelValues(kind, outcome).Inc()
 	elapsed := time.Since(d.began)
 	s.metrics.turnSeconds.WithLabelValues(kind).Observe(elapsed.Seconds())
-	s.log.Info("turn", "transport", kind, "conn", d.connID, "tenant", d.scope.Tenant[:min(8, len(d.scope.Tenant))],
-		"session", d.scope.Session, "lane", d.lane.name, "turn", d.t.Number,
-		"server_started", d.serverStarted, "reasons", strings.Join(d.reasons, ","), "outcome", outcome,
-		"ms", float64(elapsed.Microseconds())/1000, "set", d.snap.Hash)
+	// The attributes are built only for a logger that takes the line: boxing them cost a
+	// dozen allocations per turn even when the handler drops it.
+	if s.log.Enabled(d.ctx, slog.LevelInfo) {
+		s.log.Info("turn", "transport", kind, "conn", d.connID, "tenant", d.scope.Tenant[:min(8, len(d.scope.Tenant))],
+			"session", d.scope.Session, "lane", d.lane.name, "turn", d.t.Number,
+			"server_started", d.serverStarted, "reasons", strings.Join(d.reasons, ","), "outcome", outcome,
+			"ms", float64(elapsed.Microseconds())/1000, "set", d.snap.Hash)
+	}
 	return outcome
 }
 
@@ -310,7 +315,11 @@ func (d *turn) relay(ctx context.Context, ex exchange, first *upstreamEvent) (st
 				d.tr.dropUpstream()
 				return "client_gone", nil
 			}
-			d.srv.metrics.toClient.Inc()
+			if resp.ID != "" {
+				// For the lane's next turn (previous.*), which cannot start before this one
+				// returns: after the terminal event, not before it.
+				d.lane.remember(d.t.Request, resp.Items)
+			}
 			// The outcome is a metric label, not a decision: the rules above did the books.
 			if ev.kind == responses.EventCompleted || resp.Status == responses.StatusCompleted {
 				return "completed", nil
@@ -320,7 +329,6 @@ func (d *turn) relay(ctx context.Context, ex exchange, first *upstreamEvent) (st
 		if err := d.tr.relay(ev, ex.more()); err != nil {
 			return "", &failure{err: errClientGone}
 		}
-		d.srv.metrics.toClient.Inc()
 		d.clientWritten = true
 		wait = cfg.IdleTimeout
 	}

@@ -16,7 +16,8 @@ import (
 
 // TestE2ETranscriptDelta: every HTTP turn is a full create; when it repeats the stored
 // transcript and extends it, the commit appends only the new items (issue 14), and the
-// transcript is the same as a reset would have made it (a replay after it is whole).
+// transcript is the same as a reset would have made it (a replay after it is whole). When it
+// repeats only the start of the stored transcript, the store keeps that start.
 func TestE2ETranscriptDelta(t *testing.T) {
 	t.Parallel()
 	s := newStack(t, e2etest.CmdScript())
@@ -52,9 +53,26 @@ func TestE2ETranscriptDelta(t *testing.T) {
 	require.Equal(t, statestore.Hit, res)
 	assert.Len(t, tr.Items, len(history)-1, "every item of the conversation, once")
 
+	// The stored transcript less its last item, and another message instead (a client that
+	// resends its history with a new ending): the stored start is kept, and only the new
+	// message and the answer travel.
+	scope := statestore.Scope{Tenant: tenant, Session: "sess-delta"}
+	other := append(append([]obj(nil), history[:len(history)-2]...), user("something else"))
+	resp, body := s.post(create(nil, other...), "sess-delta")
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	b := s.store.lastBatch()
+	assert.True(t, b.ReplayReset)
+	assert.Equal(t, len(history)-2, b.ReplayKeep, "the shared start of the conversation stays in the store")
+	assert.Len(t, b.ReplayAppend, 2, "the new message and the answer only")
+	tr, res = s.store.Replay(context.Background(), scope)
+	require.Equal(t, statestore.Hit, res)
+	require.Len(t, tr.Items, len(other)+1, "the transcript is the create and its answer")
+	assert.Contains(t, string(tr.Items[len(other)-1].Raw), "something else")
+
 	// An edited history (the first message changed) resets the transcript.
 	edited := append([]obj{user("one, edited")}, history[1:]...)
-	resp, body := s.post(create(nil, edited...), "sess-delta")
+	resp, body = s.post(create(nil, edited...), "sess-delta")
 	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
 	assert.True(t, s.store.lastBatch().ReplayReset, "an edited history is no extension")
+	assert.Zero(t, s.store.lastBatch().ReplayKeep, "nothing of it is kept")
 }

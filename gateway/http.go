@@ -127,7 +127,7 @@ func (h *httpConn) send(ctx context.Context, payload []byte, _ bool) (exchange, 
 	for k, v := range h.hdr {
 		req.Header[k] = v
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header["Content-Type"] = jsonContentType
 	req.ContentLength = int64(len(payload))
 	resp, err := h.srv.client.Do(req)
 	if err != nil {
@@ -179,6 +179,7 @@ func (h *httpConn) relay(ev *upstreamEvent, more bool) error {
 	if _, err := h.w.Write(ev.raw); err != nil {
 		return errClientGone
 	}
+	h.srv.metrics.toClient.Inc()
 	// Flushed when no further event has been read already: a burst goes out in one write.
 	if !more {
 		return h.flush()
@@ -226,7 +227,13 @@ type sseExchange struct {
 	cancel   context.CancelFunc
 	timer    *time.Timer
 	timedOut atomic.Bool
+	// ev is the event next returned, reused: the driver is done with an event before it asks
+	// for another.
+	ev upstreamEvent
 }
+
+// jsonContentType is the Content-Type of every upstream request; net/http only reads it.
+var jsonContentType = []string{"application/json"}
 
 // errStreamEnded is a stream that stopped before its response did.
 var errStreamEnded = errors.New("the upstream stream ended before the response did")
@@ -253,7 +260,8 @@ func (x *sseExchange) next(ctx context.Context, wait time.Duration) (*upstreamEv
 	if kind == "" {
 		kind = responses.EventKind(e.Data)
 	}
-	return &upstreamEvent{data: e.Data, raw: e.Raw, kind: kind}, nil
+	x.ev = upstreamEvent{data: e.Data, raw: e.Raw, kind: kind}
+	return &x.ev, nil
 }
 
 // failure tells apart why a read or a request failed: the client left, the timer fired, or

@@ -3,8 +3,8 @@ package gateway
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"chainmend/responses"
@@ -30,9 +30,11 @@ const tenantHexLen = 32
 // spaces ignored), or ok false when it carries none of them. The credentials themselves never
 // reach a key, a log or a metric.
 func TenantOf(h http.Header, headers []string) (tenant string, ok bool) {
-	d := sha256.New()
+	// Every turn computes it: the input is built on the stack and hashed at once.
+	var buf [512]byte
+	in := buf[:0]
 	for _, name := range headers {
-		v := strings.TrimSpace(h.Get(name))
+		v := strings.TrimSpace(headerValue(h, name))
 		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
 			v = strings.TrimSpace(v[7:])
 		}
@@ -40,13 +42,37 @@ func TenantOf(h http.Header, headers []string) (tenant string, ok bool) {
 			continue
 		}
 		ok = true
-		// Length-prefixed, so that no two header sets spell the same input.
-		fmt.Fprintf(d, "%d:%s%d:%s", len(name), strings.ToLower(name), len(v), v)
+		// Length-prefixed, so that no two header sets spell the same input:
+		// len(name) ":" lower(name) len(value) ":" value.
+		in = strconv.AppendInt(in, int64(len(name)), 10)
+		in = append(in, ':')
+		for i := 0; i < len(name); i++ {
+			c := name[i]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			in = append(in, c)
+		}
+		in = strconv.AppendInt(in, int64(len(v)), 10)
+		in = append(in, ':')
+		in = append(in, v...)
 	}
 	if !ok {
 		return "", false
 	}
-	return hex.EncodeToString(d.Sum(nil)[:tenantHexLen/2]), true
+	sum := sha256.Sum256(in)
+	return hex.EncodeToString(sum[:tenantHexLen/2]), true
+}
+
+// headerValue is h.Get(name) without canonicalizing a name that is already canonical.
+func headerValue(h http.Header, name string) string {
+	if vs, ok := h[name]; ok {
+		if len(vs) == 0 {
+			return ""
+		}
+		return vs[0]
+	}
+	return h.Get(name)
 }
 
 // connectionTenant is the tenant of a request without credentials: its own connection, so it

@@ -91,3 +91,20 @@ func TestSessionOf(t *testing.T) {
 		})
 	}
 }
+
+// TestTenantOfStable pins tenant ids: they name keys in Redis, so a gateway upgrade that
+// spelled them differently would orphan every session's state. The values are the fmt-based
+// spelling of the first release.
+func TestTenantOfStable(t *testing.T) {
+	for _, tc := range []struct {
+		hdr  http.Header
+		want string
+	}{
+		{http.Header{"Authorization": {"Bearer sk-secret-1"}}, "0f2481529ccf87feaa0a5434ceb0d2a1"},
+		{http.Header{"Authorization": {"Bearer k"}, "Openai-Project": {"p1"}, "Api-Key": {"a"}}, "f475ec7f271c53af0c78e73dfb6e01b6"},
+	} {
+		got, ok := TenantOf(tc.hdr, DefaultTenantHeaders)
+		require.True(t, ok)
+		assert.Equal(t, tc.want, got)
+	}
+}

@@ -378,7 +378,10 @@ func forwardHeaders(in http.Header) http.Header {
 			"Sec-Websocket-Protocol", "Accept-Encoding":
 			continue
 		}
-		out[k] = append([]string(nil), v...)
+		// The values are shared, not copied: the incoming request's header is not used
+		// again, and the full slice expression makes an append copy instead of writing
+		// into it.
+		out[k] = v[:len(v):len(v)]
 	}
 	return out
 }

@@ -233,17 +233,28 @@ func (d *turn) absorb(eff *engine.Effects, t *engine.Turn) {
 		}
 		in := t.Request.Items()
 		if eff.Transcript == engine.TranscriptReset {
-			if n := len(d.stored); n > 0 && !b.ReplayReset && len(b.ReplayAppend) == 0 && startsWith(in, d.stored) {
+			k := 0
+			if len(d.stored) > 0 && !b.ReplayReset && len(b.ReplayAppend) == 0 {
+				k = commonPrefix(in, d.stored)
+			}
+			switch {
+			case k > 0 && k == len(d.stored):
 				// The full create repeats the stored transcript and extends it: the same
 				// transcript results from appending only the new items, and the commit
 				// ships bytes in proportion to them, not to the whole conversation.
-				in = in[n:]
-			} else {
-				b.ReplayReset, b.ReplayAppend = true, nil
+				in = in[k:]
+			case k > 0:
+				// It repeats the start of the stored transcript and then goes its own way
+				// (a new last message, an edit, a client resending its history): the store
+				// keeps that start and only the rest travels.
+				b.ReplayReset, b.ReplayKeep, b.ReplayAppend = true, k, nil
+				in = in[k:]
+			default:
+				b.ReplayReset, b.ReplayKeep, b.ReplayAppend = true, 0, nil
 			}
 		} else if d.forkItems != nil {
 			// A fork's transcript starts as a copy of its source lane's.
-			b.ReplayReset = true
+			b.ReplayReset, b.ReplayKeep = true, 0
 			b.ReplayAppend = append(slices.Clip(d.forkItems), b.ReplayAppend...)
 			d.forkItems = nil
 		}
@@ -251,7 +262,7 @@ func (d *turn) absorb(eff *engine.Effects, t *engine.Turn) {
 		b.ReplayLastResponseID = t.Response.ID
 		d.dirty = true
 	case engine.TranscriptClear:
-		b.ReplayReset, b.ReplayAppend, b.ReplayLastResponseID = true, nil, ""
+		b.ReplayReset, b.ReplayKeep, b.ReplayAppend, b.ReplayLastResponseID = true, 0, nil, ""
 		d.dirty = true
 	}
 	if eff.UpstreamCached != nil {
@@ -285,7 +296,7 @@ func (d *turn) commit(ctx context.Context) {
 
 // bookkeep runs post_response on a finished response (SPEC §5.3): the rules decide what
 // becomes of the anchor, the pending calls, the transcript and the upstream connection's
-// cache; the lane remembers the payload.
+// cache. (The lane remembers the payload once the terminal event is out: relay.)
 func (d *turn) bookkeep(resp *engine.Response) {
 	if resp.ID == "" {
 		return
@@ -296,7 +307,6 @@ func (d *turn) bookkeep(resp *engine.Response) {
 	pt.Error, pt.Recovery = nil, engine.Recovery{}
 	pt.Response = resp
 	d.evaluate(engine.StagePostResponse, &pt)
-	d.lane.remember(d.t.Request, resp.Items)
 }
 
 // responseOf gathers what a terminal event says of its response. items are the output items
@@ -316,26 +326,24 @@ func (d *turn) responseOf(kind string, ev responses.Event, items []responses.Ite
 	return resp
 }
 
-// startsWith reports whether items begin with the stored transcript: each item the same
+// commonPrefix counts the leading items that are the stored transcript's: each the same
 // bytes, or, for an item with an identity (an id or a call id), the same identity, since
 // clients echo the server's items re-encoded (Codex does) and an id names one item.
-func startsWith(items []responses.Item, stored []statestore.ReplayItem) bool {
-	if len(stored) > len(items) {
-		return false
-	}
-	for i := range stored {
+func commonPrefix(items []responses.Item, stored []statestore.ReplayItem) int {
+	n := min(len(items), len(stored))
+	for i := 0; i < n; i++ {
 		if bytes.Equal(items[i].Raw, stored[i].Raw) {
 			continue
 		}
 		if items[i].ID == "" && items[i].CallID == "" {
-			return false
+			return i
 		}
 		it, err := responses.ParseItem(stored[i].Raw)
 		if err != nil || it.Key() != items[i].Key() {
-			return false
+			return i
 		}
 	}
-	return true
+	return n
 }
 
 func appendReplay(dst []statestore.ReplayItem, in, out []responses.Item) []statestore.ReplayItem {

@@ -16,6 +16,7 @@ import (
 type replayWrite struct {
 	key     lkey
 	mode    string
+	keep    int // with replayKeep: the stored items kept
 	items   []ReplayItem
 	last    string
 	entry   *entry // the local entry the write mirrors, nil if none
@@ -37,8 +38,20 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 	}
 	tenant, session := strings.Clone(b.Scope.Tenant), strings.Clone(b.Scope.id())
 	remote := s.target != nil
-	written := make([]keyEntry, 0, 4+len(b.DeletePending))
+	// What Redis must hear of: only gathered when there is a Redis (a local-only commit
+	// allocates nothing for it).
+	var written []keyEntry
 	var touched []lkey
+	if remote {
+		written = make([]keyEntry, 0, 4+len(b.DeletePending))
+		touched = make([]lkey, 0, 5+len(b.DeletePending))
+	}
+	track := func(k lkey, e *entry) {
+		if remote {
+			written = append(written, keyEntry{k, e})
+			touched = append(touched, k)
+		}
+	}
 	var rw *replayWrite
 
 	t := s.local
@@ -59,8 +72,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		k := lkey{kind: KindPending, tenant: tenant, id: strings.Clone(p.ResponseID)}
 		e := &entry{expires: now + int64(ttl), size: callsSize(calls), calls: calls, unconfirmed: remote}
 		t.putLocked(k, e)
-		written = append(written, keyEntry{k, e})
-		touched = append(touched, k)
+		track(k, e)
 		if b.Scope.Session != "" {
 			// The response leads to its conversation (issue 17): a client that chains to
 			// it without naming its session still finds the session's state.
@@ -69,8 +81,7 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 			ce := &entry{expires: now + int64(s.cfg.ttl[KindConversation]), size: convSize(sess, lane),
 				session: sess, lane: lane, unconfirmed: remote}
 			t.putLocked(ck, ce)
-			written = append(written, keyEntry{ck, ce})
-			touched = append(touched, ck)
+			track(ck, ce)
 		}
 	}
 	for _, id := range b.DeletePending {
@@ -79,23 +90,23 @@ func (s *Tiered) Commit(ctx context.Context, b Batch) error {
 		k := lkey{kind: KindPending, tenant: tenant, id: strings.Clone(id)}
 		e := &entry{expires: now + int64(s.cfg.ttl[KindPending]), size: entryOverhead, neg: true, unconfirmed: remote}
 		t.putLocked(k, e)
-		written = append(written, keyEntry{k, e})
-		touched = append(touched, k)
+		track(k, e)
 	}
 	if b.Anchor != nil {
 		k := lkey{kind: KindAnchor, tenant: tenant, id: session}
 		v := strings.Clone(*b.Anchor)
 		e := &entry{expires: now + int64(s.cfg.ttl[KindAnchor]), size: entryOverhead + len(v), anchor: v, neg: v == "", unconfirmed: remote}
 		t.putLocked(k, e)
-		written = append(written, keyEntry{k, e})
-		touched = append(touched, k)
+		track(k, e)
 	}
 	if b.touchesReplay() {
 		rw = s.applyReplayLocked(&b, lkey{kind: KindReplay, tenant: tenant, id: session}, now, remote)
-		if rw.entry != nil {
-			written = append(written, keyEntry{rw.key, rw.entry})
+		if remote {
+			if rw.entry != nil {
+				written = append(written, keyEntry{rw.key, rw.entry})
+			}
+			touched = append(touched, rw.key)
 		}
-		touched = append(touched, rw.key)
 	}
 	t.mu.Unlock()
 
@@ -152,6 +163,9 @@ func validateBatch(b *Batch) error {
 	if (b.Anchor != nil || b.touchesReplay()) && b.Scope.Session == "" {
 		return errors.New("statestore: session write without a session")
 	}
+	if b.ReplayKeep < 0 || b.ReplayKeep > 0 && !b.ReplayReset {
+		return errors.New("statestore: ReplayKeep needs ReplayReset and a count of 0 or more")
+	}
 	return nil
 }
 
@@ -175,9 +189,12 @@ func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *re
 	capBytes := s.cfg.replayCap
 	last := strings.Clone(b.ReplayLastResponseID)
 	rw := &replayWrite{key: k, mode: replayAppend, items: b.ReplayAppend, last: last}
+	if b.ReplayKeep > 0 {
+		rw.mode, rw.keep = replayKeep, b.ReplayKeep
+	}
 	cur, held := t.peekLocked(k, now)
 	switch {
-	case b.ReplayReset:
+	case b.ReplayReset && b.ReplayKeep == 0:
 		st := &replayState{}
 		rw.trimmed = st.appendItems(b.ReplayAppend, capBytes)
 		st.last = last
@@ -185,13 +202,16 @@ func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *re
 		t.putLocked(k, e)
 		rw.mode, rw.entry = replayReset, e
 	case held && cur.replay != nil && cur.replay.broken:
-		// Appends cannot mend a gap; only a reset can. Tell Redis about
-		// the gap if it may not know yet.
+		// Appends cannot mend a gap, nor can a reset that keeps part of
+		// it; only a full reset can. Tell Redis about the gap if it may not
+		// know yet (else it decides: it may hold a newer transcript).
 		cur.expires = ttl
 		if cur.unconfirmed {
 			rw.mode, rw.items = replayBreak, nil
 		}
 		rw.entry = cur
+	case b.ReplayReset:
+		s.keepReplayLocked(b, rw, cur, held, ttl, remote)
 	case held:
 		st := cur.replay
 		// Redis may lack earlier appends of an unconfirmed copy: rewrite
@@ -235,6 +255,65 @@ func (s *Tiered) applyReplayLocked(b *Batch, k lkey, now int64, remote bool) *re
 	return rw
 }
 
+// keepReplayLocked applies a reset that keeps the first b.ReplayKeep items of the
+// stored transcript (Batch.ReplayKeep), the broken case aside. Called with t.mu
+// held.
+//
+// A local copy with at least that many items is truncated and appended to; Redis
+// is told only the new items ("k": keep N, append), or, when the copy is
+// unconfirmed (Redis may lack part of it), the whole transcript, as for an append
+// to such a copy.
+//
+// A local copy that cannot serve the keep (fewer items, or a transcript known
+// absent) is not guessed at:
+//   - a confirmed one (Redis took it) is dropped, and Redis decides, as for a
+//     transcript this instance does not hold: the script keeps the first N items
+//     it holds, or marks the transcript broken if it holds fewer. The next read
+//     takes whatever Redis has. (Redis is the shared copy: another instance may
+//     have written it since; its announcement may still be on its way.)
+//   - an unconfirmed one is the only copy of the latest history, and Redis may
+//     hold an older transcript whose first N items are not the caller's: the
+//     transcript is marked broken here and in Redis.
+//   - without Redis nothing else holds the prefix: the transcript is marked broken.
+//
+// A keep-write Redis misses (the commit fails) never leaves Redis with a partial
+// history: a local copy stays unconfirmed and the write-back rewrites the whole
+// transcript from it; without one, Commit leaves a broken marker that the
+// write-back takes to Redis (Redis's older transcript would take this instance's
+// next appends as if they followed it).
+func (s *Tiered) keepReplayLocked(b *Batch, rw *replayWrite, cur *entry, held bool, ttl int64, remote bool) {
+	t := s.local
+	k, n := rw.key, b.ReplayKeep
+	if held && !cur.neg && cur.replay != nil && len(cur.replay.items) >= n {
+		st := cur.replay
+		resync := cur.unconfirmed
+		st.keep(n)
+		rw.trimmed = st.appendItems(b.ReplayAppend, s.cfg.replayCap)
+		st.last = rw.last
+		cur.expires, cur.unconfirmed, cur.kept, cur.contests = ttl, remote, false, 0
+		if resync {
+			rw.mode, rw.keep, rw.items = replayReset, 0, st.items
+		}
+		t.resizeLocked(k, cur, st.size())
+		if cur.size <= t.maxValue() { // else it was too big to keep locally
+			rw.entry = cur
+		}
+		return
+	}
+	if !remote || held && cur.unconfirmed {
+		e := &entry{expires: ttl, size: entryOverhead, replay: &replayState{broken: true}, unconfirmed: remote}
+		t.putLocked(k, e)
+		rw.mode, rw.keep, rw.items, rw.entry = replayBreak, 0, nil, e
+		return
+	}
+	// As an append to a transcript this instance does not hold: no partial
+	// local copy, and a gap this instance knows of goes to Redis.
+	if _, gap := t.lost[k]; gap {
+		rw.mode, rw.keep, rw.items = replayBreak, 0, nil
+	}
+	t.removeLocked(k)
+}
+
 // writeRedis sends the batch in one round trip and returns the replay script's
 // result (nil without a replay part).
 //
@@ -254,8 +333,12 @@ func (s *Tiered) writeRedis(ctx context.Context, b *Batch, rw *replayWrite, touc
 	var replay *scripted
 	if rw != nil {
 		token := s.cfg.instanceID + ":" + strconv.FormatUint(s.tokens.Add(1), 36)
+		mode := rw.mode
+		if mode == replayKeep {
+			mode += strconv.Itoa(rw.keep)
+		}
 		args := make([]any, 0, 6+len(rw.items))
-		args = append(args, token, rw.mode, rw.last, s.cfg.replayCap, s.cfg.ttl[KindReplay].Milliseconds(),
+		args = append(args, token, mode, rw.last, s.cfg.replayCap, s.cfg.ttl[KindReplay].Milliseconds(),
 			expiryMs(s.cfg.ttl[KindReplay]))
 		for _, it := range rw.items {
 			args = append(args, encodeReplayItem(it))

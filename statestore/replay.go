@@ -64,6 +64,20 @@ func (r *replayState) appendItems(items []ReplayItem, capBytes int) int {
 	return r.trim(capBytes)
 }
 
+// keep truncates the transcript to its first n items (n ≤ len(items)) and
+// recomputes its bytes; trimmed stays. The capacity is clipped so that the next
+// append moves the kept items to a new array instead of writing over the
+// dropped ones, which a Transcript handed out earlier may still show. (The
+// dropped items' bytes stay reachable while a kept item of the same append
+// holds their arena: at most the tail of the one append the cut falls into.)
+func (r *replayState) keep(n int) {
+	r.items = r.items[:n:n]
+	r.bytes = 0
+	for i := range r.items {
+		r.bytes += len(r.items[i].Raw)
+	}
+}
+
 func (r *replayState) trim(capBytes int) int {
 	cut, cutBytes := trimPoint(r.items, r.bytes, capBytes)
 	if cut == 0 {
@@ -144,6 +158,12 @@ const (
 	replayAppend = "a" // append the items
 	replayReset  = "r" // replace the transcript with the items
 	replayBreak  = "b" // mark the transcript broken (history has a gap)
+	// replayKeep, followed by a count N > 0 ("k12"), keeps the first N items of
+	// the stored transcript and appends the items (Batch.ReplayKeep). When Redis
+	// holds fewer than N items (or none), it marks the transcript broken as "b"
+	// does: the kept part is gone, and what is left would be a history with a
+	// gap. A broken transcript stays broken, as under an append. "k0" is "r".
+	replayKeep = "k"
 
 	// The write-back modes (writeback.go) do the same as reset and break,
 	// unless Redis holds a transcript written later than the local copy
@@ -155,7 +175,8 @@ const (
 )
 
 // replayScript applies one turn's replay write atomically on the server:
-// append (or reset), trim in whole units with the same rule as trimPoint, set
+// append (or reset, or keep a prefix and append), trim in whole units with the
+// same rule as trimPoint, set
 // the meta hash (b = bytes, t = trimmed, l = last response id, x = broken,
 // e = expiry in unix ms, k = token of the last applied write) and refresh
 // both TTLs. The token makes
@@ -166,6 +187,12 @@ const (
 // before anything changed, where a first DEL would have gone through and the
 // writes after it too (a script is never stopped once it has written), leaving
 // a transcript written by a commit Redis otherwise refused.
+//
+// A keep ("k" N) drops the list's elements from N on (LTRIM) and recomputes
+// the meta's bytes on the server from the elements it dropped or, when fewer,
+// from those it kept (b always equals their sum), so that no kept byte travels;
+// then it appends as "a" does, cap trim included. Its first write is the token
+// too, so under OOM it changes nothing.
 //
 // KEYS: list, meta. ARGV: token, mode, last response id, cap bytes, ttl ms,
 // expiry unix ms, elements….
@@ -186,7 +213,39 @@ if mode == 'R' or mode == 'T' or mode == 'B' then
   wasTrimmed = mode == 'T'
   if mode == 'B' then mode = 'b' else mode = 'r' end
 end
+local keep = 0
+if string.sub(mode, 1, 1) == 'k' then
+  keep = tonumber(string.sub(mode, 2)) or 0
+  if keep > 0 then mode = 'k' else mode = 'r' end
+end
 redis.call('HSET', meta, 'k', tok)
+local function split(e)
+  local a = string.find(e, '\0', 2, true)
+  local b = string.find(e, '\0', a + 1, true)
+  return #e - b, string.sub(e, a + 1, b - 1)
+end
+if mode == 'k' then
+  local m = redis.call('HMGET', meta, 'b', 'x')
+  local n = redis.call('LLEN', list)
+  if m[2] == '1' then
+    mode = 'a'
+  elseif not m[1] or n < keep then
+    mode = 'b'
+  else
+    mode = 'a'
+    if n > keep then
+      local bytes, from, to, sign = tonumber(m[1]), keep, n - 1, -1
+      if n - keep > keep then bytes, from, to, sign = 0, 0, keep - 1, 1 end
+      for i = from, to, 256 do
+        for _, e in ipairs(redis.call('LRANGE', list, i, math.min(i + 255, to))) do
+          bytes = bytes + sign * split(e)
+        end
+      end
+      redis.call('LTRIM', list, 0, keep - 1)
+      redis.call('HSET', meta, 'b', bytes)
+    end
+  end
+end
 if mode == 'r' or mode == 'b' then
   redis.call('DEL', list, meta)
 end
@@ -203,11 +262,6 @@ if m[3] == '1' then
 end
 local bytes, trimmed = tonumber(m[1]) or 0, tonumber(m[2]) or 0
 if wasTrimmed then trimmed = 1 end
-local function split(e)
-  local a = string.find(e, '\0', 2, true)
-  local b = string.find(e, '\0', a + 1, true)
-  return #e - b, string.sub(e, a + 1, b - 1)
-end
 local n, cutN = #ARGV, 0
 for i = 7, n, 1000 do
   redis.call('RPUSH', list, unpack(ARGV, i, math.min(i + 999, n)))

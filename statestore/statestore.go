@@ -225,6 +225,20 @@ type Batch struct {
 	// ReplayReset replaces the transcript (a full create) instead of
 	// appending to it.
 	ReplayReset bool
+	// ReplayKeep, with ReplayReset, keeps a stored prefix (issue 14): the new
+	// transcript is the first ReplayKeep items of the stored one followed by
+	// ReplayAppend, and only ReplayAppend travels to Redis. 0 is a full reset.
+	// The caller sets it only from a transcript it read from this store
+	// (Replay) in the same turn, so the first ReplayKeep items are, as far as it
+	// knows, the stored ones. Trimmed stays as stored: the kept items are what
+	// the (possibly trimmed) transcript began with; the cap applies to the
+	// result as to an append. When the store holds fewer than ReplayKeep items
+	// (it lost some, or another writer replaced the transcript meanwhile), or
+	// this instance holds newer items than Redis and not the prefix, the
+	// transcript is marked broken: it answers Miss until the next full reset,
+	// never a history with a gap. A negative ReplayKeep, or one without
+	// ReplayReset, is refused (Commit returns an error and writes nothing).
+	ReplayKeep int
 	// ReplayAppend are the turn's new items: its input, then the response's
 	// output items.
 	ReplayAppend []ReplayItem

@@ -19,7 +19,8 @@ import (
 // closes, the subscription is restored, or a retry after a failed commit
 // succeeds) every unconfirmed value is written back with its remaining TTL,
 // through the same scripts as a commit (the transcript as a reset from the
-// local items), and announced to the other instances.
+// local items, also after a reset that kept a prefix of Redis's: a write-back
+// never keeps anything Redis holds), and announced to the other instances.
 //
 // A write-back never overwrites a newer value: the scripts compare the
 // value's expiry (written with every value) and leave a value written later
