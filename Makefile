@@ -129,7 +129,7 @@ load:
 
 # Each fuzz target as package:Func. `make fuzz` runs each for FUZZTIME; `make test` runs each
 # briefly (FUZZ_SHORT) so that the seed corpora in testdata/fuzz stay exercised.
-FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch responses:FuzzSSE responses:FuzzEvent engine:FuzzCompile emulator:FuzzCreate
+FUZZ_TARGETS := responses:FuzzParseCreate responses:FuzzPatch responses:FuzzSSE responses:FuzzEvent responses:FuzzResponseObject responses:FuzzSkipString engine:FuzzCompile emulator:FuzzCreate
 FUZZTIME ?= 60s
 # A count, not a duration: under load the fuzzer's baseline pass can outlast a short
 # -fuzztime and end in "context deadline exceeded".

@@ -291,7 +291,13 @@ func (d *turn) relay(ctx context.Context, ex exchange, first *upstreamEvent) (st
 				items = append(items, *pe.Item)
 			}
 		case responses.IsTerminal(ev.kind):
-			pe, err := responses.ParseEvent(ev.data)
+			// With the output items already seen, the terminal event's copy of them is only
+			// walked over: its call ids are all the books need of it.
+			parse := responses.ParseEvent
+			if len(items) > 0 {
+				parse = responses.ParseTerminal
+			}
+			pe, err := parse(ev.data)
 			if err == nil {
 				if pe.Item != nil {
 					items = append(items, *pe.Item)

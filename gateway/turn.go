@@ -317,11 +317,7 @@ func (d *turn) responseOf(kind string, ev responses.Event, items []responses.Ite
 	if len(resp.Items) == 0 {
 		resp.Items = ev.Output
 	}
-	for i := range ev.Output {
-		if ev.Output[i].IsCall() {
-			resp.TerminalCalls = append(resp.TerminalCalls, ev.Output[i].CallID)
-		}
-	}
+	resp.TerminalCalls = ev.OutputCalls
 	d.tr.annotate(resp)
 	return resp
 }

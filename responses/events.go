@@ -47,8 +47,11 @@ type Event struct {
 	Lane string
 	// Item is the item of response.output_item.done.
 	Item *Item
-	// Output are the items of a terminal event's response.output.
+	// Output are the items of a terminal event's response.output (not read by ParseTerminal).
 	Output []Item
+	// OutputCalls are the call ids of the call items (IsCall) in response.output, in order,
+	// "" for a call without one; nil when there is none.
+	OutputCalls []string
 	// Error is set for an error event, or a terminal event whose response carries an error.
 	Error *ErrorBody
 }
@@ -83,12 +86,12 @@ func EventKind(frame []byte) string {
 					return ""
 				}
 				if ve, err := skipString(frame, j); err == nil {
-					return unquote(frame[j:ve])
+					return unquoteWord(frame[j:ve])
 				}
 			}
 		}
 	}
-	ev, err := ParseEvent(frame)
+	ev, err := parseEvent(frame, true)
 	if err != nil {
 		return ""
 	}
@@ -97,11 +100,56 @@ func EventKind(frame []byte) string {
 
 // ParseEvent reads a server event.
 func ParseEvent(frame []byte) (Event, error) {
+	return parseEvent(frame, false)
+}
+
+// ParseTerminal reads a terminal event for a reader that already has the response's output
+// items (from its response.output_item.done events): it is ParseEvent without Output. The
+// output is validated and HasOutput and OutputCalls are set, but no item is materialized, so
+// a terminal event that repeats a whole response costs one walk over its bytes and a few
+// small allocations. Any other event reads as with ParseEvent, Output aside.
+func ParseTerminal(frame []byte) (Event, error) {
+	return parseEvent(frame, true)
+}
+
+// parseEvent reads an event in one walk over its bytes, validating every value while it reads
+// the few it needs. A member read more than once (a duplicate key) is read again from
+// scratch: the last one counts, as with a JSON decoder.
+func parseEvent(frame []byte, skipOutput bool) (Event, error) {
 	var ev Event
-	var response, item, errObj []byte
+	var resp responseFacts
+	hasResp := false
+	var item *Item
+	var errBody *ErrorBody
 	status := 0
 	typed := false
 	end, err := scanObject(frame, skipWS(frame, 0), func(key []byte, vs int) (int, error) {
+		if vs >= len(frame) {
+			return vs, synErr(vs, "unexpected end of input")
+		}
+		c := frame[vs]
+		switch {
+		case c == '{' && keyIs(key, "response"):
+			var r responseFacts
+			ve, err := readResponse(frame, vs, 1, skipOutput, &r)
+			if err == nil {
+				resp, hasResp = r, true
+			}
+			return ve, err
+		case c == '{' && keyIs(key, "item"):
+			var it Item
+			ve, err := parseItem(frame, vs, 1, func(v Item) { it = v })
+			if err == nil {
+				item = &it
+			}
+			return ve, err
+		case c == '{' && keyIs(key, "error"):
+			eb, ve, err := readErrorBody(frame, vs, 1)
+			if err == nil {
+				errBody = &eb
+			}
+			return ve, err
+		}
 		ve, err := skipValue(frame, vs, 1)
 		if err != nil {
 			return ve, err
@@ -110,20 +158,14 @@ func ParseEvent(frame []byte) (Event, error) {
 		switch {
 		case keyIs(key, "type"):
 			// The first type key counts, as in EventKind's fast path.
-			if !typed && val[0] == '"' {
-				ev.Type = unquote(val)
+			if !typed && c == '"' {
+				ev.Type = unquoteWord(val)
 			}
 			typed = true
-		case keyIs(key, "response") && val[0] == '{':
-			response = val
-		case keyIs(key, "item") && val[0] == '{':
-			item = val
-		case keyIs(key, "error") && val[0] == '{':
-			errObj = val
 		case keyIs(key, "status"):
 			status, _ = strconv.Atoi(string(val))
-		case keyIs(key, "stream_id") && val[0] == '"':
-			ev.Lane = unquote(val)
+		case c == '"' && keyIs(key, "stream_id"):
+			ev.Lane = unquoteWord(val)
 		}
 		return ve, nil
 	})
@@ -133,60 +175,144 @@ func ParseEvent(frame []byte) (Event, error) {
 	if skipWS(frame, end) != len(frame) {
 		return ev, synErr(end, "trailing data after event")
 	}
-	if item != nil {
-		it, _ := ParseItem(item)
-		ev.Item = &it
+	ev.Item = item
+	if hasResp {
+		resp.fill(&ev)
 	}
-	if response != nil {
-		readResponse(response, &ev)
-	}
-	if errObj != nil {
-		eb := parseErrorBody(errObj)
-		if eb.Status == 0 {
-			eb.Status = status
+	if errBody != nil {
+		if errBody.Status == 0 {
+			errBody.Status = status
 		}
-		ev.Error = &eb
+		ev.Error = errBody
 	}
 	return ev, nil
 }
 
-func readResponse(b []byte, ev *Event) {
-	_, _ = scanObject(b, 0, func(key []byte, vs int) (int, error) {
-		ve, err := skipValue(b, vs, 2)
-		if err != nil {
-			return ve, err
+// responseFacts is what readResponse takes from a response object.
+type responseFacts struct {
+	id, status, reason string
+	hasOutput          bool
+	output             []Item
+	calls              []string
+	err                *ErrorBody
+}
+
+func (r *responseFacts) fill(ev *Event) {
+	ev.ResponseID, ev.Status, ev.IncompleteReason = r.id, r.status, r.reason
+	ev.HasOutput, ev.Output, ev.OutputCalls = r.hasOutput, r.output, r.calls
+	ev.Error = r.err
+}
+
+// readResponse reads the response object at b[i] (depth as skipValue counts it) while it
+// validates it. Without skipOutput the output items are materialized; with it only their call
+// ids are read.
+func readResponse(b []byte, i, depth int, skipOutput bool, r *responseFacts) (int, error) {
+	if depth >= maxDepth {
+		return i, synErr(i, "nesting too deep")
+	}
+	return scanObject(b, i, func(key []byte, vs int) (int, error) {
+		if vs >= len(b) {
+			return vs, synErr(vs, "unexpected end of input")
 		}
-		val := b[vs:ve]
+		c := b[vs]
 		switch {
-		case keyIs(key, "id") && val[0] == '"':
-			ev.ResponseID = unquote(val)
-		case keyIs(key, "status") && val[0] == '"':
-			ev.Status = unquote(val)
-		case keyIs(key, "output") && val[0] == '[':
-			var r Request
-			_, _ = r.parseInput(b, vs)
-			ev.Output = r.items
-			ev.HasOutput = true
-		case keyIs(key, "incomplete_details") && val[0] == '{':
-			_, _ = scanObject(val, 0, func(k []byte, s int) (int, error) {
-				e, err := skipValue(val, s, 3)
-				if err == nil && keyIs(k, "reason") && val[s] == '"' {
-					ev.IncompleteReason = unquote(val[s:e])
+		case c == '[' && keyIs(key, "output"):
+			ve, err := readOutput(b, vs, depth+1, skipOutput, r)
+			r.hasOutput = true
+			return ve, err
+		case c == '{' && keyIs(key, "incomplete_details"):
+			return scanObject(b, vs, func(k []byte, s int) (int, error) {
+				e, err := skipValue(b, s, depth+2)
+				if err == nil && b[s] == '"' && keyIs(k, "reason") {
+					r.reason = unquoteWord(b[s:e])
 				}
 				return e, err
 			})
-		case keyIs(key, "error") && val[0] == '{':
-			eb := parseErrorBody(val)
-			ev.Error = &eb
+		case c == '{' && keyIs(key, "error"):
+			eb, ve, err := readErrorBody(b, vs, depth+1)
+			r.err = &eb
+			return ve, err
+		}
+		ve, err := skipValue(b, vs, depth+1)
+		if err != nil || c != '"' {
+			return ve, err
+		}
+		switch {
+		case keyIs(key, "id"):
+			r.id = unquote(b[vs:ve])
+		case keyIs(key, "status"):
+			r.status = unquoteWord(b[vs:ve])
 		}
 		return ve, nil
 	})
 }
 
-func parseErrorBody(b []byte) ErrorBody {
+// readOutput reads a response's output array at b[i] (at depth): its items, or with
+// skipOutput only the call ids of its call items.
+func readOutput(b []byte, i, depth int, skipOutput bool, r *responseFacts) (int, error) {
+	if depth >= maxDepth {
+		return i, synErr(i, "nesting too deep")
+	}
+	r.calls = nil
+	if !skipOutput {
+		// An empty output reads as an empty list, not as none.
+		r.output = []Item{}
+		if j := skipWS(b, i+1); j < len(b) && b[j] != ']' {
+			r.output = make([]Item, 0, 4)
+		}
+		end, err := scanArray(b, i, func(start int) (int, error) {
+			return parseItem(b, start, depth+1, func(it Item) { r.output = append(r.output, it) })
+		})
+		for j := range r.output {
+			if r.output[j].IsCall() {
+				r.calls = append(r.calls, r.output[j].CallID)
+			}
+		}
+		return end, err
+	}
+	return scanArray(b, i, func(start int) (int, error) {
+		if start >= len(b) || b[start] != '{' {
+			return skipValue(b, start, depth+1)
+		}
+		// An item's type and call id, as parseItem reads them (the last of each counts).
+		var typ, callID []byte
+		end, err := scanObject(b, start, func(key []byte, vs int) (int, error) {
+			ve, err := skipValue(b, vs, depth+2)
+			if err != nil || b[vs] != '"' {
+				return ve, err
+			}
+			switch {
+			case keyIs(key, "type"):
+				typ = b[vs:ve]
+			case keyIs(key, "call_id"):
+				callID = b[vs:ve]
+			}
+			return ve, nil
+		})
+		if err == nil && typ != nil && isCallToken(typ) {
+			id := ""
+			if callID != nil {
+				id = unquote(callID)
+			}
+			r.calls = append(r.calls, id)
+		}
+		return end, err
+	})
+}
+
+// isCallToken reports whether a string token names a call item type (IsCall).
+func isCallToken(tok []byte) bool {
+	return keyIs(tok, TypeFunctionCall) || keyIs(tok, TypeCustomToolCall) || keyIs(tok, TypeLocalShellCall)
+}
+
+// readErrorBody reads the error object at b[i] (at depth) while it validates it.
+func readErrorBody(b []byte, i, depth int) (ErrorBody, int, error) {
 	var eb ErrorBody
-	_, _ = scanObject(b, 0, func(key []byte, vs int) (int, error) {
-		ve, err := skipValue(b, vs, 2)
+	if depth >= maxDepth {
+		return eb, i, synErr(i, "nesting too deep")
+	}
+	end, err := scanObject(b, i, func(key []byte, vs int) (int, error) {
+		ve, err := skipValue(b, vs, depth+1)
 		if err != nil {
 			return ve, err
 		}
@@ -206,12 +332,12 @@ func parseErrorBody(b []byte) ErrorBody {
 		}
 		return ve, nil
 	})
-	return eb
+	return eb, end, err
 }
 
 // ParseErrorBody reads an HTTP error body {"error":{…}} or a bare error object.
 func ParseErrorBody(body []byte, status int) (ErrorBody, bool) {
-	ev, err := ParseEvent(body)
+	ev, err := parseEvent(body, true)
 	if err != nil {
 		return ErrorBody{}, false
 	}
@@ -283,32 +409,55 @@ func ParseResponseObject(body []byte) (Event, error) {
 	if i >= len(body) || body[i] != '{' {
 		return ev, ErrNotObject
 	}
-	end, err := skipValue(body, i, 0)
+	var r responseFacts
+	end, err := readResponse(body, i, 0, false, &r)
 	if err != nil {
 		return ev, err
 	}
 	if skipWS(body, end) != len(body) {
 		return ev, synErr(end, "trailing data after the response object")
 	}
-	readResponse(body[i:end], &ev)
+	r.fill(&ev)
 	return ev, nil
 }
 
 // laneKey is what an event that belongs to a named lane carries.
 var laneKey = []byte(`"stream_id"`)
 
+// laneKeyTail is the end of laneKey. A search for the whole key starts at each '"', the
+// commonest byte of JSON; one for its tail starts at each 'm', which is rare in the bytes of a
+// turn (base64, text), so it mostly runs at IndexByte's speed.
+var laneKeyTail = laneKey[len(laneKey)-5:]
+
+// mentionsLane reports whether frame contains laneKey (bytes.Contains, faster).
+func mentionsLane(frame []byte) bool {
+	head := len(laneKey) - len(laneKeyTail)
+	for i := 0; ; {
+		j := bytes.Index(frame[i:], laneKeyTail)
+		if j < 0 {
+			return false
+		}
+		i += j
+		if i >= head && string(frame[i-head:i]) == string(laneKey[:head]) {
+			return true
+		}
+		// The tail does not overlap itself, so no match starts inside this one.
+		i += len(laneKeyTail)
+	}
+}
+
 // EventLane returns an event's top-level stream_id: the lane of the connection it belongs
 // to, "" for the default lane. Default-lane events (most traffic) cost one substring search;
 // only a frame that mentions stream_id is walked, at its top level.
 func EventLane(frame []byte) string {
-	if !bytes.Contains(frame, laneKey) {
+	if !mentionsLane(frame) {
 		return ""
 	}
 	lane := ""
 	_, _ = scanObject(frame, skipWS(frame, 0), func(key []byte, vs int) (int, error) {
 		ve, err := skipValue(frame, vs, 1)
 		if err == nil && keyIs(key, "stream_id") && frame[vs] == '"' {
-			lane = unquote(frame[vs:ve])
+			lane = unquoteWord(frame[vs:ve])
 		}
 		return ve, err
 	})

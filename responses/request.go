@@ -6,8 +6,8 @@ package responses
 
 import (
 	"errors"
-	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -73,7 +73,19 @@ func (it *Item) Key() string {
 	case it.CallID != "":
 		return it.Type + ":" + it.CallID
 	default:
-		return fmt.Sprintf("%s#%016x", it.Type, xxhash.Sum64(it.Raw))
+		// it.Type + "#" + the digest in 16 hex digits, in one allocation.
+		var sb strings.Builder
+		sb.Grow(len(it.Type) + 17)
+		sb.WriteString(it.Type)
+		var hex [17]byte
+		hex[0] = '#'
+		d := xxhash.Sum64(it.Raw)
+		for i := 16; i > 0; i-- {
+			hex[i] = hexDigit(byte(d))
+			d >>= 4
+		}
+		sb.Write(hex[:])
+		return sb.String()
 	}
 }
 
@@ -103,6 +115,9 @@ func parseItem(b []byte, i, depth int, add func(Item)) (int, error) {
 		return end, err
 	}
 	var it Item
+	// The string fields are decoded once the item is read (the last of each counts), so that
+	// an id and a call id can share one allocation.
+	var typ, id, callID, role []byte
 	end, err := scanObject(b, i, func(key []byte, vs int) (int, error) {
 		ve, err := skipValue(b, vs, depth+1)
 		if err != nil {
@@ -112,13 +127,13 @@ func parseItem(b []byte, i, depth int, add func(Item)) (int, error) {
 		isStr := val[0] == '"'
 		switch {
 		case keyIs(key, "type") && isStr:
-			it.Type = unquote(val)
+			typ = val
 		case keyIs(key, "id") && isStr:
-			it.ID = unquote(val)
+			id = val
 		case keyIs(key, "call_id") && isStr:
-			it.CallID = unquote(val)
+			callID = val
 		case keyIs(key, "role") && isStr:
-			it.Role = unquote(val)
+			role = val
 		case keyIs(key, "encrypted_content"):
 			it.EncryptedContent = string(val) != "null"
 		}
@@ -127,6 +142,8 @@ func parseItem(b []byte, i, depth int, add func(Item)) (int, error) {
 	if err != nil {
 		return end, err
 	}
+	it.Type, it.Role = unquoteWord(typ), unquoteWord(role)
+	it.ID, it.CallID = unquotePair(id, callID)
 	// An "easy input message" ({"role":"user","content":…}) has no type; the API treats it
 	// as a message.
 	if it.Type == "" && it.Role != "" {
@@ -483,9 +500,16 @@ func (r *Request) Size() int {
 	if !r.dirty {
 		return len(r.raw)
 	}
-	n := 2
+	n, first := 2, true
 	for i := range r.fields {
-		n += len(r.encodeField(nil, i)) + 1
+		if r.fields[i].deleted {
+			continue
+		}
+		if !first {
+			n++
+		}
+		first = false
+		n += r.fieldSize(i)
 	}
 	return n
 }
@@ -496,11 +520,7 @@ func (r *Request) Bytes() []byte {
 	if !r.dirty {
 		return r.raw
 	}
-	size := len(r.raw) + 16
-	for _, it := range r.items {
-		size += len(it.Raw) + 1
-	}
-	out := make([]byte, 0, size)
+	out := make([]byte, 0, r.Size())
 	out = append(out, '{')
 	first := true
 	for i := range r.fields {
@@ -514,6 +534,27 @@ func (r *Request) Bytes() []byte {
 		out = r.encodeField(out, i)
 	}
 	return append(out, '}')
+}
+
+// fieldSize is the length of what encodeField appends for field i.
+func (r *Request) fieldSize(i int) int {
+	f := &r.fields[i]
+	switch {
+	case f.deleted:
+		return 0
+	case i == r.inputField && r.itemsDirty:
+		n := len(`"input":[]`)
+		for j := range r.items {
+			if j > 0 {
+				n++
+			}
+			n += len(r.items[j].Raw)
+		}
+		return n
+	case f.member != nil:
+		return len(f.member)
+	}
+	return quotedLen(f.key) + 1 + len(f.val)
 }
 
 func (r *Request) encodeField(out []byte, i int) []byte {

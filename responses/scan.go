@@ -1,11 +1,17 @@
 package responses
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"unicode/utf8"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // maxDepth bounds nesting so that a hostile frame cannot make the scanner recurse without end.
@@ -122,24 +128,15 @@ const (
 	msb = 0x8080808080808080
 )
 
-// plainRun returns how many leading bytes of b, in whole 8-byte words, are printable ASCII
-// other than '"' and '\\', the bytes a string can be walked over without looking closer.
-// Long opaque strings (encrypted reasoning, tool output) are where a turn's bytes are.
-func plainRun(b []byte) int {
-	n := 0
-	for len(b)-n >= 8 {
-		x := binary.LittleEndian.Uint64(b[n:])
-		q := x ^ (lsb * '"')
-		bs := x ^ (lsb * '\\')
-		// A byte is zero after the xor where it matched; (v-lsb)&^v&msb flags zero bytes,
-		// and (x-0x20*lsb)&^x flags bytes below 0x20. Non-ASCII sets msb itself.
-		stop := ((q - lsb) &^ q) | ((bs - lsb) &^ bs) | ((x - lsb*0x20) &^ x) | x
-		if stop&msb != 0 {
-			return n
-		}
-		n += 8
-	}
-	return n
+// stopBits flags (with its high bit) each byte of x that is '"', '\\' or below 0x20. A byte
+// is zero after the xor where it matched; (v-lsb)&^v&msb flags zero bytes and
+// (x-0x20*lsb)&^x&msb bytes below 0x20. A borrow only starts at a flagged byte, so bytes above
+// the lowest flagged one may be flagged wrongly but the lowest is exact; bytes with the high
+// bit set are never flagged.
+func stopBits(x uint64) uint64 {
+	q := x ^ (lsb * '"')
+	bs := x ^ (lsb * '\\')
+	return (((q - lsb) &^ q) | ((bs - lsb) &^ bs) | ((x - lsb*0x20) &^ x)) & msb
 }
 
 // skipString returns the offset past the closing quote of the string starting at b[i].
@@ -147,9 +144,36 @@ func skipString(b []byte, i int) (int, error) {
 	start := i
 	i++
 	for i < len(b) {
-		i += plainRun(b[i:])
+		// Eight bytes at a time up to the first that needs a look ('"', '\\', a control
+		// character), two words a round while neither needs one: long opaque strings
+		// (encrypted reasoning, tool output) are where a turn's bytes are. Non-ASCII bytes
+		// pass as they are. Inlined here, so text with an escape every line pays no call per
+		// escape.
+		found := false
+		for i+16 <= len(b) {
+			s0 := stopBits(binary.LittleEndian.Uint64(b[i : i+8]))
+			s1 := stopBits(binary.LittleEndian.Uint64(b[i+8 : i+16]))
+			if s0|s1 != 0 {
+				if s0 != 0 {
+					i += bits.TrailingZeros64(s0) >> 3
+				} else {
+					i += 8 + bits.TrailingZeros64(s1)>>3
+				}
+				found = true
+				break
+			}
+			i += 16
+		}
+		if !found && i+8 <= len(b) {
+			s := stopBits(binary.LittleEndian.Uint64(b[i : i+8]))
+			if s == 0 {
+				i += 8
+				continue
+			}
+			i += bits.TrailingZeros64(s) >> 3
+		}
 		if i >= len(b) {
-			break
+			break // the two-word loop ran to the end
 		}
 		c := b[i]
 		switch {
@@ -294,6 +318,64 @@ func unquote(tok []byte) string {
 	return string(inner)
 }
 
+// unquoteWord is unquote for the short words a frame repeats that are not known in advance
+// (lane names, event and item types of a newer API, reasons): an escape-free one is read
+// through words, so that reading it again does not allocate.
+func unquoteWord(tok []byte) string {
+	if len(tok) < 2 || hasEscape(tok) {
+		return unquote(tok)
+	}
+	return word(tok[1 : len(tok)-1])
+}
+
+// maxWord is the longest string word keeps.
+const maxWord = 64
+
+// words is a direct-mapped cache of strings read from frames that interned does not hold. A
+// slot holds the last string that hashed to it; a miss costs what string(b) costs and a
+// little more, so hostile input gains nothing by filling it.
+var words [256]atomic.Pointer[string]
+
+// word returns string(b), without allocating when b is a known word or one seen lately.
+func word(b []byte) string {
+	if s, ok := interned[string(b)]; ok {
+		return s
+	}
+	if len(b) == 0 || len(b) > maxWord {
+		return string(b)
+	}
+	slot := &words[xxhash.Sum64(b)%uint64(len(words))]
+	if p := slot.Load(); p != nil && *p == string(b) {
+		return *p
+	}
+	s := string(b)
+	slot.Store(&s)
+	return s
+}
+
+// unquotePair decodes two string tokens (either may be nil, which reads as "") with one
+// allocation for both when neither has escapes nor is a known word.
+func unquotePair(a, b []byte) (string, string) {
+	if len(a) < 2 || len(b) < 2 || hasEscape(a) || hasEscape(b) {
+		return unquote(a), unquote(b)
+	}
+	ia, ib := a[1:len(a)-1], b[1:len(b)-1]
+	if _, ok := interned[string(ia)]; ok {
+		return unquote(a), unquote(b)
+	}
+	if _, ok := interned[string(ib)]; ok {
+		return unquote(a), unquote(b)
+	}
+	var sb strings.Builder
+	sb.Grow(len(ia) + len(ib))
+	sb.Write(ia)
+	sb.Write(ib)
+	s := sb.String()
+	return s[:len(ia)], s[len(ia):]
+}
+
+func hasEscape(tok []byte) bool { return bytes.IndexByte(tok, '\\') >= 0 }
+
 // interned holds the keys, item types and roles every frame repeats, so reading them does
 // not allocate (a map lookup keyed by string(bytes) does not copy).
 var interned = func() map[string]string {
@@ -306,6 +388,7 @@ var interned = func() map[string]string {
 		"message", "function_call", "function_call_output", "custom_tool_call",
 		"custom_tool_call_output", "local_shell_call", "item_reference", "user", "assistant",
 		"developer", "system", "input_text", "output_text", "completed", "in_progress",
+		"incomplete", "failed", "cancelled", "queued", "max_output_tokens", "content_filter",
 		// Server event types, read once per relayed event.
 		"error", "response.created", "response.in_progress", "response.completed",
 		"response.failed", "response.incomplete", "response.done", "response.cancelled",
@@ -395,6 +478,34 @@ func appendQuoted(dst []byte, s string) []byte {
 		i += n
 	}
 	return append(dst, '"')
+}
+
+// quotedLen is len(appendQuoted(nil, s)).
+func quotedLen(s string) int {
+	n := 2
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c >= 0x20 && c != '"' && c != '\\':
+				n++
+			case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+				n += 2
+			default:
+				n += 6
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			n += 6
+		} else {
+			n += size
+		}
+		i += size
+	}
+	return n
 }
 
 func hexDigit(c byte) byte { return "0123456789abcdef"[c&0xf] }

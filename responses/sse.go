@@ -24,6 +24,14 @@ type SSEEvent struct {
 type SSEReader struct {
 	r   *bufio.Reader
 	max int
+	// slab holds the events returned so far at its start; the next event is read into what
+	// is left of it, so that a stream of small events costs an allocation per slab, not one
+	// per event. A returned event's bytes are never written again (its capacity ends with
+	// it), so an event, and items that alias it, stay valid after the next call to Next.
+	slab []byte
+	// nextSlab is the size of the next slab: slabs double up to maxSlab as a stream goes
+	// on, so a short response allocates little.
+	nextSlab int
 }
 
 // sseBufferSize is the read buffer of an SSEReader. Longer lines are read in several
@@ -31,9 +39,16 @@ type SSEReader struct {
 // 64 KiB per HTTP turn was a fifth of the gateway's allocated bytes).
 const sseBufferSize = 8 << 10
 
+// Slab sizes of an SSEReader, and the room below which a new slab is taken before an event.
+const (
+	firstSlab = 4 << 10
+	maxSlab   = 32 << 10
+	minRoom   = 256
+)
+
 // NewSSEReader reads events from r.
 func NewSSEReader(r io.Reader) *SSEReader {
-	return &SSEReader{r: bufio.NewReaderSize(r, sseBufferSize), max: MaxSSEEvent}
+	return &SSEReader{r: bufio.NewReaderSize(r, sseBufferSize), max: MaxSSEEvent, nextSlab: firstSlab}
 }
 
 // Buffered returns how many bytes have been read from the stream but not yet returned as
@@ -45,14 +60,19 @@ func (s *SSEReader) Buffered() int { return s.r.Buffered() }
 var ErrSSETooLarge = errors.New("server-sent event too large")
 
 // Next returns the next event. It returns io.EOF at a clean end, io.ErrUnexpectedEOF when
-// the stream ends inside an event.
+// the stream ends inside an event. The event's bytes stay valid (and unchanged) after later
+// calls.
 func (s *SSEReader) Next() (SSEEvent, error) {
 	var ev SSEEvent
 	var data []byte
-	raw := make([]byte, 0, 512)
+	if cap(s.slab)-len(s.slab) < minRoom {
+		s.newSlab(0)
+	}
+	// raw is the event as relayed, read at the end of the slab; it moves to a larger slab
+	// when it outgrows this one.
+	raw := s.slab[len(s.slab):]
 	for {
-		// Each line is read straight into raw (the event as relayed), not into a line
-		// buffer first.
+		// Each line is read straight into raw, not into a line buffer first.
 		start := len(raw)
 		var err error
 		raw, err = s.appendLine(raw)
@@ -64,7 +84,9 @@ func (s *SSEReader) Next() (SSEEvent, error) {
 				}
 				if len(data) > 0 || ev.Name != "" {
 					// A last event without its blank line still counts.
-					ev.Raw, ev.Data = append(raw, '\n'), data
+					raw = s.grow(raw, 1)
+					raw = append(raw, '\n')
+					ev.Raw, ev.Data = s.take(raw), data
 					return ev, nil
 				}
 				return ev, io.ErrUnexpectedEOF
@@ -82,7 +104,7 @@ func (s *SSEReader) Next() (SSEEvent, error) {
 				raw = raw[:0]
 				continue
 			}
-			ev.Raw, ev.Data = raw, data
+			ev.Raw, ev.Data = s.take(raw), data
 			return ev, nil
 		}
 		ev.Lines++
@@ -97,7 +119,8 @@ func (s *SSEReader) Next() (SSEEvent, error) {
 		case "data":
 			if data == nil {
 				// One data line (the usual case) is a slice of raw; its capacity ends with
-				// it, so a second line appends to a copy, never into raw.
+				// it, so a second line appends to a copy, never into raw. raw only ever
+				// moves by a copy, so the bytes data points at stay as they are.
 				data = value[:len(value):len(value)]
 			} else {
 				data = append(data, '\n')
@@ -107,26 +130,51 @@ func (s *SSEReader) Next() (SSEEvent, error) {
 	}
 }
 
-// appendLine appends the next line, newline included, to dst. At the end of the stream it
+// take ends the event raw, which lies at the end of the slab, and returns it with its
+// capacity cut to its length.
+func (s *SSEReader) take(raw []byte) []byte {
+	s.slab = s.slab[:len(s.slab)+len(raw)]
+	return raw[:len(raw):len(raw)]
+}
+
+// grow makes room for n more bytes after raw, the event being read at the end of the slab,
+// moving it to a new slab when this one is too small.
+func (s *SSEReader) grow(raw []byte, n int) []byte {
+	if cap(raw)-len(raw) >= n {
+		return raw
+	}
+	s.newSlab(2 * (len(raw) + n))
+	return append(s.slab, raw...)
+}
+
+// newSlab starts a slab of at least atLeast bytes. The old one stays with the events in it.
+func (s *SSEReader) newSlab(atLeast int) {
+	size := max(s.nextSlab, atLeast)
+	s.slab = make([]byte, 0, size)
+	s.nextSlab = min(2*s.nextSlab, maxSlab)
+}
+
+// appendLine appends the next line, newline included, to raw. At the end of the stream it
 // returns the last line without one, or io.EOF when there is none.
-func (s *SSEReader) appendLine(dst []byte) ([]byte, error) {
-	start := len(dst)
+func (s *SSEReader) appendLine(raw []byte) ([]byte, error) {
+	start := len(raw)
 	for {
 		chunk, err := s.r.ReadSlice('\n')
-		dst = append(dst, chunk...)
+		raw = s.grow(raw, len(chunk))
+		raw = append(raw, chunk...)
 		if err == nil {
-			return dst, nil
+			return raw, nil
 		}
 		if errors.Is(err, bufio.ErrBufferFull) {
-			if len(dst)-start > s.max {
-				return dst, ErrSSETooLarge
+			if len(raw)-start > s.max {
+				return raw, ErrSSETooLarge
 			}
 			continue
 		}
-		if len(dst) > start && errors.Is(err, io.EOF) {
-			return dst, nil
+		if len(raw) > start && errors.Is(err, io.EOF) {
+			return raw, nil
 		}
-		return dst, err
+		return raw, err
 	}
 }
 
@@ -136,9 +184,4 @@ func SSEFrame(name string, data []byte) []byte {
 }
 
 // intern returns a known word (an event type) without allocating, else a copy.
-func intern(b []byte) string {
-	if s, ok := interned[string(b)]; ok {
-		return s
-	}
-	return string(b)
-}
+func intern(b []byte) string { return word(b) }
