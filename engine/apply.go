@@ -141,6 +141,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 		fx := &ev.out.Effects
 		for _, id := range ids {
 			if id != "" && !contains(fx.DeletePending, id) {
+				if fx.DeletePending == nil {
+					fx.DeletePending = ev.buf.deletes[:0]
+				}
 				fx.DeletePending = append(fx.DeletePending, id)
 				n++
 			}
@@ -164,8 +167,9 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 			return argErr(err)
 		}
 		t.Cached = v
-		ev.out.Effects.UpstreamCached = &v
-		ev.act.invalidate()
+		ev.buf.cached = v
+		ev.out.Effects.UpstreamCached = &ev.buf.cached
+		ev.act.changed(depCached)
 		if v == "" {
 			return "the upstream connection holds nothing", true
 		}
@@ -185,7 +189,7 @@ func (ev *evaluator) apply(r *compiledRule, a *compiledAction, depth int) (strin
 			return argErr(err)
 		}
 		t.Error.Class = v
-		ev.act.invalidate()
+		ev.act.changed(depClass)
 		if !ev.cfg.trace {
 			return "", true
 		}
@@ -216,8 +220,9 @@ func (ev *evaluator) setAnchor(v string) {
 		t.Pending = Pending{ResponseID: v}
 	}
 	t.Anchor = v
-	ev.out.Effects.Anchor = &v
-	ev.act.invalidate()
+	ev.buf.anchor = v
+	ev.out.Effects.Anchor = &ev.buf.anchor
+	ev.act.changed(depAnchor)
 }
 
 // recordPending records calls as the pending calls of the response being bookkept, each
@@ -227,7 +232,7 @@ func (ev *evaluator) recordPending(calls []string) (string, bool) {
 	if resp == nil || resp.ID == "" {
 		return "no response id: nothing recorded", false
 	}
-	put := &PendingPut{ResponseID: resp.ID, Calls: []PendingCall{}}
+	put := ev.buf.newPut(resp.ID)
 	var skipped []string
 	for _, id := range calls {
 		kind := ""
@@ -280,7 +285,7 @@ func (ev *evaluator) replay() (string, bool) {
 	t.Request.ReplaceInput(full)
 	t.Request.Delete("previous_response_id")
 	t.Replayed = true
-	ev.act.invalidate()
+	ev.act.changed(depReplayed)
 	return fmt.Sprintf("full create: %d replayed + %d new item(s)", len(items), len(own)), true
 }
 

@@ -181,8 +181,9 @@ func Compile(srcs []Source, opts ...CompileOption) (*Snapshot, Diagnostics) {
 
 // program is one compiled expression in two builds. fast runs without cost tracking: it is
 // used while every context value is within the size hints, where the static estimate bounds
-// the runtime cost, so tracking would only repeat what the compiler proved. tracked enforces
-// the runtime limit for everything else, and for traces.
+// the runtime cost, so tracking would only repeat what the compiler proved; it reads the
+// variables by index (varnode.go). tracked enforces the runtime limit for everything else,
+// and for traces.
 type program struct {
 	fast, tracked cel.Program
 	// max is the static cost estimate's upper bound.
@@ -234,7 +235,7 @@ func compileExpr(env *cel.Env, e Expr, want *cel.Type, limit uint64, sink *diagS
 		sink.errorf(e.Pos, "%s: %v", what, err)
 		return nil
 	}
-	fast, err := env.Program(checked, cel.EvalOptions(cel.OptOptimize))
+	fast, err := env.Program(checked, cel.EvalOptions(cel.OptOptimize), cel.CustomDecoratorV2(resolveByIndex))
 	if err != nil {
 		sink.errorf(e.Pos, "%s: %v", what, err)
 		return nil

@@ -47,7 +47,11 @@
 //
 // policy.go declares the policy schema, parse.go reads it from YAML and position.go maps
 // positions back into the file; sources.go reads policy files. vars.go declares the turn
-// context and activation.go resolves it against a Turn; turn.go holds the Turn's types.
+// context, resolvers.go derives each variable from a Turn and activation.go caches what it
+// derived until an action or a new request version makes it stale (varset.go: its sets of
+// variables); sizehints.go checks a turn against the static size hints; varnode.go lets the
+// fast programs read variables by index; strlist.go is the CEL list of Go strings that the
+// variables and the helpers share; turn.go holds the Turn's types.
 // env.go builds the CEL environments, helpers.go the domain functions. actions.go declares
 // the actions, compile.go, stages.go and lint.go compile and check a set into a Snapshot
 // (snapshot.go). eval.go runs a stage, apply.go applies actions, outcome.go and effects.go

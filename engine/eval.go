@@ -3,11 +3,13 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"cel.dev/cel-go/common/types"
 	"cel.dev/cel-go/common/types/ref"
 	"cel.dev/cel-go/common/types/traits"
+	"cel.dev/cel-go/interpreter"
 )
 
 // maxStageDepth bounds run_stage nesting at run time (cycles are refused at compile time).
@@ -38,14 +40,54 @@ func WithEnforced(ids ...string) EvalOption {
 // WithDiffs records the request bytes before and after every fired rule (implies WithTrace).
 func WithDiffs() EvalOption { return func(c *evalConfig) { c.trace, c.diffs = true, true } }
 
+// evaluator runs one stage evaluation. It is pooled: act keeps its storage from one
+// evaluation to the next, evalState starts afresh.
 type evaluator struct {
+	act activation
+	evalState
+}
+
+// evalState is what an evaluation starts afresh with.
+type evalState struct {
 	s      *Snapshot
 	t      *Turn
-	act    activation
 	out    *Outcome
+	buf    *outcomeBuf
+	frame  *interpreter.ExecutionFrame
 	cfg    evalConfig
 	groups []string
 	done   bool
+}
+
+// evaluators recycles evaluators with their activation's cache: a stage evaluation would
+// otherwise allocate them every time.
+var evaluators = sync.Pool{New: func() any { return new(evaluator) }}
+
+// outcomeBuf is an Outcome with room for what a stage usually produces, so that one
+// allocation holds it all: the fired rules (post_response fires five rules on a turn that
+// continues the transcript), and what the effects point to. The Outcome the caller gets is
+// out; the rest lives as long as it does. The whole stays within the 768-byte size class.
+type outcomeBuf struct {
+	out   Outcome
+	fired [5]Fired
+	// anchor and cached back Effects.Anchor and Effects.UpstreamCached.
+	anchor, cached string
+	// deletes backs Effects.DeletePending.
+	deletes [2]string
+	// put and putCalls back the first Effects.PutPending.
+	put      PendingPut
+	putCalls [3]PendingCall
+	putUsed  bool
+}
+
+// newPut returns an empty PendingPut for a response, in the buffer the first time.
+func (b *outcomeBuf) newPut(responseID string) *PendingPut {
+	if b.putUsed {
+		return &PendingPut{ResponseID: responseID, Calls: []PendingCall{}}
+	}
+	b.putUsed = true
+	b.put = PendingPut{ResponseID: responseID, Calls: b.putCalls[:0]}
+	return &b.put
 }
 
 // ErrTurnCost is wrapped by Outcome.Err when a turn exceeds its CEL cost budget.
@@ -54,11 +96,16 @@ var ErrTurnCost = errors.New("turn cost limit exceeded")
 // Evaluate runs the rules of stage in order against the turn, applying their actions.
 func (s *Snapshot) Evaluate(stage string, t *Turn, opts ...EvalOption) *Outcome {
 	start := time.Now()
-	ev := evaluator{s: s, t: t, act: activation{t: t}}
+	ev := evaluators.Get().(*evaluator)
+	defer ev.release()
+	ev.s, ev.t = s, t
+	ev.act.reset(t)
 	for _, o := range opts {
 		o(&ev.cfg)
 	}
-	ev.out = &Outcome{Stage: stage, Verdict: VerdictSend, Hash: s.Hash}
+	ev.buf = new(outcomeBuf)
+	ev.out = &ev.buf.out
+	*ev.out = Outcome{Stage: stage, Verdict: VerdictSend, Hash: s.Hash, Fired: ev.buf.fired[:0]}
 	switch stage {
 	case StageOnUpstreamError:
 		ev.out.Verdict = VerdictForward
@@ -79,6 +126,33 @@ func (s *Snapshot) Evaluate(stage string, t *Turn, opts ...EvalOption) *Outcome 
 		s.observer.StageEvaluated(stage, ev.out.Verdict, ev.out.Duration)
 	}
 	return ev.out
+}
+
+// fastInput is what the fast programs of this evaluation evaluate against: one CEL
+// execution frame for all of them, where passing the activation would make every Eval take
+// a frame from CEL's pool and return it. The tracked programs keep their own frames, which
+// carry their cost trackers.
+func (ev *evaluator) fastInput() any {
+	if ev.frame == nil {
+		f, err := interpreter.NewExecutionFrame(&ev.act)
+		if err != nil {
+			// Only an activation that supplies functions can fail; CEL's own path remains.
+			return &ev.act
+		}
+		ev.frame = f
+	}
+	return ev.frame
+}
+
+// release returns ev to the pool, holding nothing of the turn or the outcome.
+func (ev *evaluator) release() {
+	if ev.frame != nil {
+		ev.frame.Close()
+	}
+	ev.act.release()
+	clear(ev.groups)
+	ev.evalState = evalState{groups: ev.groups[:0]}
+	evaluators.Put(ev)
 }
 
 func (ev *evaluator) runStage(stage string, depth int) {
@@ -193,7 +267,7 @@ func (ev *evaluator) ruleError(r *compiledRule, step *Step, err error) {
 
 func (ev *evaluator) eval(p *program) (ref.Val, error) {
 	if !ev.cfg.trace && ev.out.Cost+p.max <= ev.s.TurnCost && ev.act.withinHints() {
-		v, _, err := p.fast.Eval(&ev.act)
+		v, _, err := p.fast.Eval(ev.fastInput())
 		if err != nil {
 			return nil, &exprError{pos: p.pos, err: err}
 		}
@@ -249,6 +323,10 @@ func (ev *evaluator) evalList(p *program) ([]string, error) {
 	if !ok {
 		return nil, fmt.Errorf("expected list, got %s", v.Type())
 	}
+	if s, ok := nativeList(l); ok && !hasDuplicates(s) {
+		// The list's own strings: the actions only read them.
+		return s, nil
+	}
 	n := int(l.Size().(types.Int))
 	out := make([]string, 0, n)
 	for i := 0; i < n; i++ {
@@ -257,4 +335,14 @@ func (ev *evaluator) evalList(p *program) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// hasDuplicates reports whether a string occurs twice in s; lists of ids are short.
+func hasDuplicates(s []string) bool {
+	for i := 1; i < len(s); i++ {
+		if contains(s[:i], s[i]) {
+			return true
+		}
+	}
+	return false
 }

@@ -27,6 +27,13 @@ func filterList(a, b ref.Val, keep bool) ref.Val {
 	if !ok1 || !ok2 {
 		return types.NewErr("without/intersect need two lists")
 	}
+	if _, indexed := lb.(*keyList); !indexed {
+		if sa, ok := nativeList(la); ok {
+			if sb, ok := nativeList(lb); ok {
+				return filterStrings(la, sa, sb, keep)
+			}
+		}
+	}
 	n := int(la.Size().(types.Int))
 	var out []ref.Val
 	for i := 0; i < n; i++ {
@@ -42,6 +49,30 @@ func filterList(a, b ref.Val, keep bool) ref.Val {
 		return emptyList
 	}
 	return types.NewRefValList(types.DefaultTypeAdapter, out)
+}
+
+// filterStrings is filterList on Go strings (la holds a): it boxes nothing, and returns la
+// itself when it keeps every element.
+func filterStrings(la ref.Val, a, b []string, keep bool) ref.Val {
+	kept := 0
+	for _, e := range a {
+		if contains(b, e) == keep {
+			kept++
+		}
+	}
+	switch kept {
+	case 0:
+		return emptyList
+	case len(a):
+		return la
+	}
+	out := make([]string, 0, kept)
+	for _, e := range a {
+		if contains(b, e) == keep {
+			out = append(out, e)
+		}
+	}
+	return stringList(out)
 }
 
 func isResponseIDImpl(v ref.Val) ref.Val {
@@ -129,9 +160,12 @@ func overlapsImpl(a, b ref.Val) ref.Val {
 	return types.False
 }
 
-// nativeStrings returns the Go strings behind a list of strings, boxing nothing when the
-// list wraps a []string. A list of CEL values is unboxed into a new slice.
+// nativeStrings returns the Go strings behind a list of strings: those of a list the engine
+// built as they are, else unboxed into a new slice.
 func nativeStrings(l traits.Lister) ([]string, bool) {
+	if v, ok := nativeList(l); ok {
+		return v, true
+	}
 	if v, ok := l.Value().([]string); ok {
 		return v, true
 	}
@@ -150,7 +184,7 @@ func nativeStrings(l traits.Lister) ([]string, bool) {
 // keyList is previous.item_keys: the previous turn's keys, boxed only when read, whose
 // membership tests use the Previous's cached key set.
 type keyList struct {
-	traits.Lister
+	*strList
 	prev *Previous
 }
 
@@ -158,7 +192,7 @@ type keyList struct {
 func (l *keyList) Contains(elem ref.Val) ref.Val {
 	s, ok := elem.(types.String)
 	if !ok || l.prev.keySet == nil {
-		return l.Lister.Contains(elem)
+		return l.strList.Contains(elem)
 	}
 	_, hit := l.prev.keySet[string(s)]
 	return boolVal(hit)
