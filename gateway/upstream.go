@@ -100,8 +100,9 @@ func (e *dialError) writeTo(w http.ResponseWriter) {
 func (u *upstreamConn) readLoop() {
 	defer close(u.done)
 	ctx := context.Background()
+	var blocks frameBlocks
 	for {
-		_, data, err := u.conn.Read(ctx)
+		data, err := blocks.next(ctx, u.conn)
 		if err != nil {
 			u.mu.Lock()
 			u.err = err
@@ -147,4 +148,47 @@ func (u *upstreamConn) send(ctx context.Context, frame []byte, timeout time.Dura
 func (u *upstreamConn) close() {
 	u.once.Do(func() { close(u.quit) })
 	_ = u.conn.CloseNow()
+}
+
+// frameBlocks reads the upstream's frames into shared blocks instead of a new buffer per
+// frame (websocket.Conn.Read grows one from 512 bytes for every message): a response's
+// events, mostly a few hundred bytes each, cost an allocation per block, not one or more per
+// event. A block is never written again once a frame in it was handed out, so frames stay
+// valid for as long as anyone holds them (the driver keeps output items until the commit);
+// a block is freed with the last frame that points into it.
+type frameBlocks struct {
+	buf []byte
+}
+
+// frameBlockSize is the size of a fresh block; a frame larger than what is left moves to a
+// block of its own size (doubling as it grows).
+const frameBlockSize = 32 << 10
+
+// next reads the next message. The frame it returns has its capacity clipped, so that an
+// append to it can never write into the frame after it.
+func (b *frameBlocks) next(ctx context.Context, c *websocket.Conn) ([]byte, error) {
+	_, r, err := c.Reader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if cap(b.buf)-len(b.buf) < 1024 {
+		b.buf = make([]byte, 0, frameBlockSize)
+	}
+	start := len(b.buf)
+	for {
+		if len(b.buf) == cap(b.buf) {
+			n := len(b.buf) - start
+			grown := make([]byte, n, max(frameBlockSize, 2*n))
+			copy(grown, b.buf[start:])
+			b.buf, start = grown, 0
+		}
+		m, err := r.Read(b.buf[len(b.buf):cap(b.buf)])
+		b.buf = b.buf[:len(b.buf)+m]
+		if err == io.EOF {
+			return b.buf[start:len(b.buf):len(b.buf)], nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 }

@@ -331,7 +331,10 @@ func Run(ctx context.Context, cfg Config, logw io.Writer) (*Report, error) {
 	}
 	defer rds.stop()
 	gwArgs := func(extra ...string) []string {
-		return append([]string{"--listen", "127.0.0.1:0", "--upstream", emu.URL() + "/v1", "--policies", policies}, extra...)
+		// Every simulated client dials from 127.0.0.1: the per-address cap (meant for one
+		// abusive address among many) would refuse the idle phase's 10,000 sessions.
+		return append([]string{"--listen", "127.0.0.1:0", "--upstream", emu.URL() + "/v1", "--policies", policies,
+			"--max-source-connections", "0"}, extra...)
 	}
 	gwA, err := startGateway("A", filepath.Join(outDir, "gateway-A.log"), gwArgs("--redis", rds.url())...)
 	if err != nil {
