@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"slices"
+	"sync"
 
 	"chainmend/engine"
 	"chainmend/responses"
@@ -18,6 +19,10 @@ const maxItemKeys = 20000
 type laneState struct {
 	// name is the lane's stream_id; "" is the default lane.
 	name string
+	// mu guards anchorKnown, anchor, prev, cached and cachedOn against the connection's other
+	// lanes, which read them to fork from this lane (forkView) or to forget it; the lane's
+	// own worker writes them under mu (the set methods) and reads them without it.
+	mu sync.Mutex
 	// anchorKnown is set once this connection learnt the lane's anchor (a turn ended, or a
 	// rule set or cleared it); until then the store answers.
 	anchorKnown bool
@@ -36,6 +41,38 @@ type laneState struct {
 	// the lane's own name.
 	adopted                 bool
 	storeSession, storeLane string
+}
+
+// setAnchor records the lane's anchor.
+func (l *laneState) setAnchor(a string) {
+	l.mu.Lock()
+	l.anchorKnown, l.anchor = true, a
+	l.mu.Unlock()
+}
+
+// setCached records what the upstream connection on holds for the lane.
+func (l *laneState) setCached(responseID string, on *upstreamConn) {
+	l.mu.Lock()
+	l.cached, l.cachedOn = responseID, on
+	l.mu.Unlock()
+}
+
+// knowsAnchor reports, from another lane's goroutine, whether the lane learnt its anchor.
+func (l *laneState) knowsAnchor() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.anchorKnown
+}
+
+// forkView returns, from another lane's goroutine, what a fork takes from the lane when the
+// lane's anchor is prev (nil otherwise).
+func (l *laneState) forkView(prev string) *laneState {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.anchorKnown || l.anchor != prev {
+		return nil
+	}
+	return &laneState{name: l.name, anchorKnown: true, anchor: l.anchor, prev: l.prev, cached: l.cached, cachedOn: l.cachedOn}
 }
 
 // cachedBy returns what the upstream connection up holds for the lane.
@@ -66,5 +103,7 @@ func (l *laneState) remember(sent *responses.Request, out []responses.Item) {
 	if len(p.ItemKeys) > maxItemKeys {
 		p.ItemKeys = slices.Clone(p.ItemKeys[len(p.ItemKeys)-maxItemKeys:])
 	}
+	l.mu.Lock()
 	l.prev = p
+	l.mu.Unlock()
 }

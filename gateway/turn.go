@@ -65,9 +65,11 @@ type turn struct {
 // that lane's anchor, its previous payload, what the upstream holds for it, and (on the
 // first append) its transcript.
 func (d *turn) fork(ctx context.Context, lane, src *laneState, scope statestore.Scope) {
-	lane.anchorKnown, lane.anchor = true, src.anchor
+	lane.setAnchor(src.anchor)
+	lane.mu.Lock()
 	lane.prev = src.prev
-	lane.cached, lane.cachedOn = src.cached, src.cachedOn
+	lane.mu.Unlock()
+	lane.setCached(src.cached, src.cachedOn)
 	d.forked, d.forkFrom = true, src.name
 	d.srv.log.Debug("lane forked", "session", scope.Session, "lane", lane.name, "from", src.name)
 }
@@ -209,7 +211,7 @@ func (d *turn) absorb(eff *engine.Effects, t *engine.Turn) {
 	if eff.Anchor != nil {
 		a := *eff.Anchor
 		b.Anchor = &a
-		d.lane.anchorKnown, d.lane.anchor = true, a
+		d.lane.setAnchor(a)
 		d.dirty = true
 	}
 	if p := eff.PutPending; p != nil {

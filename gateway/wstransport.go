@@ -83,7 +83,7 @@ func (ss *session) laneLocked(name string) *wsLane {
 // upstream refused it (an invalid stream_id, the 33rd lane), so it holds no state.
 func (ss *session) forgetIdleLaneLocked() {
 	for name, l := range ss.lanes {
-		if l.last == "" && l.held == 0 && !l.st.anchorKnown {
+		if l.last == "" && l.held == 0 && !l.st.knowsAnchor() {
 			delete(ss.lanes, name)
 			close(l.quit)
 			return
@@ -219,7 +219,7 @@ func (l *wsLane) hold(st *laneState, responseID string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if up := l.ex.up; up != nil {
-		st.cached, st.cachedOn = responseID, up
+		st.setCached(responseID, up)
 	}
 }
 
@@ -230,9 +230,11 @@ func (l *wsLane) forkSource(prev string) *laneState {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	for name, o := range ss.lanes {
-		if name != l.name && o.st.anchorKnown && o.st.anchor == prev {
-			src := o.st
-			return &src
+		if name == l.name {
+			continue
+		}
+		if src := o.st.forkView(prev); src != nil {
+			return src
 		}
 	}
 	return nil
