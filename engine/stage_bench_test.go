@@ -13,10 +13,7 @@ import (
 // sees the same one. on_upstream_error is a rejected continuation of the response the
 // upstream connection holds, which classifies and clears upstream.cached.
 func BenchmarkStageEvaluate(b *testing.B) {
-	snap, diags, err := engine.LoadDir("../policies")
-	if err != nil || snap == nil {
-		b.Fatalf("load policies: %v %v", err, diags)
-	}
+	snap := defaultSnapshot(b)
 	raw := incrementalTurn()
 	mk := benchTurn(raw)
 	req, err := responses.Parse(raw)
@@ -26,11 +23,7 @@ func BenchmarkStageEvaluate(b *testing.B) {
 	if out := snap.Evaluate(engine.StagePreSend, mk(req)); out.Verdict != engine.VerdictSend || req.Modified() {
 		b.Fatalf("pre_send changed the benchmark's request: %v", out.Fired)
 	}
-	items := []responses.Item{
-		{Type: "reasoning", ID: "rs_1"},
-		{Type: "message", ID: "msg_1", Role: "assistant"},
-		{Type: "function_call", ID: "fc_1", CallID: "call_9"},
-	}
+	items := responseItems
 	b.Run("pre_send", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
