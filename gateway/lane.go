@@ -57,6 +57,15 @@ func (l *laneState) setCached(responseID string, on *upstreamConn) {
 	l.mu.Unlock()
 }
 
+// adopt takes over what a fork takes from src (forkView): its anchor, previous payload and
+// upstream cache, in one step, so that no other lane sees a half-forked lane.
+func (l *laneState) adopt(src *laneState) {
+	l.mu.Lock()
+	l.anchorKnown, l.anchor, l.prev = true, src.anchor, src.prev
+	l.cached, l.cachedOn = src.cached, src.cachedOn
+	l.mu.Unlock()
+}
+
 // knowsAnchor reports, from another lane's goroutine, whether the lane learnt its anchor.
 func (l *laneState) knowsAnchor() bool {
 	l.mu.Lock()

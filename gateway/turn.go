@@ -65,11 +65,7 @@ type turn struct {
 // that lane's anchor, its previous payload, what the upstream holds for it, and (on the
 // first append) its transcript.
 func (d *turn) fork(ctx context.Context, lane, src *laneState, scope statestore.Scope) {
-	lane.setAnchor(src.anchor)
-	lane.mu.Lock()
-	lane.prev = src.prev
-	lane.mu.Unlock()
-	lane.setCached(src.cached, src.cachedOn)
+	lane.adopt(src)
 	d.forked, d.forkFrom = true, src.name
 	d.srv.log.Debug("lane forked", "session", scope.Session, "lane", lane.name, "from", src.name)
 }
